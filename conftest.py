@@ -1,0 +1,3 @@
+"""The project's own tests drive the plugin through real pytest runs (pytester)."""
+
+pytest_plugins = ["pytester"]

@@ -1,0 +1,78 @@
+"""Expanding a config into cases: experiment × payload file × concurrency."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from pytest_fmbench.config.model import Config, Experiment
+
+_MARKER_SAFE = re.compile(r"[^A-Za-z0-9_]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One benchmark combination; its id is stable across runs and xdist workers."""
+
+    experiment: str
+    payload_file: str
+    concurrency: int
+    experiment_index: int
+    markers: tuple[str, ...]
+
+    @property
+    def id(self) -> str:
+        return case_id(self.experiment, self.payload_file, self.concurrency)
+
+    @property
+    def payload_name(self) -> str:
+        return payload_stem(self.payload_file)
+
+
+def payload_stem(payload_file: str) -> str:
+    """``payload_en_1-500.jsonl`` → ``payload_en_1-500``."""
+    return payload_file[: -len(".jsonl")] if payload_file.endswith(".jsonl") else payload_file
+
+
+def case_id(experiment: str, payload_file: str, concurrency: int) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.\-]+", "-", experiment).strip("-")
+    return f"{safe}-{payload_stem(payload_file)}-c{concurrency}"
+
+
+def marker_name(text: str) -> str:
+    """A valid marker name from free text (``p4d``, ``my team`` → ``my_team``)."""
+    name = _MARKER_SAFE.sub("_", text).strip("_")
+    if not name or name[0].isdigit():
+        name = f"m_{name}"
+    return name
+
+
+def experiment_markers(config: Config, experiment: Experiment) -> tuple[str, ...]:
+    names = [experiment.resolved_backend or "unknown"]
+    if experiment.instance_family:
+        names.append(experiment.instance_family)
+    names += config.markers + experiment.markers
+    return tuple(dict.fromkeys(marker_name(n) for n in names))
+
+
+def expand_cases(config: Config) -> list[Case]:
+    """All cases, grouped by experiment in config order, so each endpoint deploys once."""
+    cases = []
+    for index, experiment in enumerate(config.experiments):
+        markers = experiment_markers(config, experiment)
+        for payload_file in experiment.payload_files:
+            for concurrency in experiment.concurrency_levels:
+                cases.append(Case(experiment.name, payload_file, concurrency, index, markers))
+    ids = [c.id for c in cases]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"case ids collide: {', '.join(duplicates)}")
+    return cases
+
+
+def all_markers(config: Config) -> list[str]:
+    """Every marker the cases carry, sorted, for registration."""
+    found: set[str] = set()
+    for experiment in config.experiments:
+        found.update(experiment_markers(config, experiment))
+    return sorted(found)

@@ -1,0 +1,319 @@
+"""The typed config: FMBench's sections as they are, plus ours under clear keys.
+
+FMBench config files load unchanged. Keys that only matter to FMBench's S3/notebook
+machinery are accepted and ignored; any other unknown key is an error with a "did you mean".
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock")
+
+_SAFE_ID = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, FMBench-only keys are accepted and ignored."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+
+    # FMBench keys that mean nothing to us; accepted so FMBench configs load unchanged.
+    fmbench_ignored: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        known = set(cls.model_fields)
+        known |= {f.alias for f in cls.model_fields.values() if f.alias}
+        kept = {}
+        for key, value in data.items():
+            if key in cls.fmbench_ignored:
+                continue
+            if str(key) not in known:
+                raise ValueError(_unknown_key_message(str(key), sorted(known)))
+            kept[key] = value
+        return kept
+
+
+def _unknown_key_message(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+    return f"unknown key '{key}' ({hint})"
+
+
+class General(Section):
+    name: str = "fmbench"
+    model_name: str | None = None
+
+
+class Aws(Section):
+    region: str | None = None
+    sagemaker_execution_role: str | None = None
+    bucket: str | None = None
+
+
+class DatasetFilter(Section):
+    payload_file: str
+    language: str | None = None
+    min_length_in_tokens: int = Field(default=1, ge=0)
+    max_length_in_tokens: int = Field(default=10**9, ge=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> DatasetFilter:
+        if self.min_length_in_tokens > self.max_length_in_tokens:
+            raise ValueError(
+                f"min_length_in_tokens {self.min_length_in_tokens} is above "
+                f"max_length_in_tokens {self.max_length_in_tokens}"
+            )
+        return self
+
+
+class SyntheticDataset(Section):
+    records: int = Field(default=300, ge=1)
+    seed: int = 0
+
+
+class Datasets(Section):
+    fmbench_ignored = frozenset(
+        {"ground_truth_col_key", "question_col_key", "source_data_prefix", "prompt_template_dir"}
+    )
+
+    prompt_template_keys: list[str] = Field(default_factory=lambda: ["input", "context"])
+    # Ours: the prompt template inline, or a file (relative to the config file).
+    prompt_template: str | None = None
+    prompt_template_file: str | None = None
+    # Ours: LongBench-format JSONL files; without them the built-in synthetic dataset is used.
+    source_files: list[str] = Field(default_factory=list)
+    synthetic: SyntheticDataset = Field(default_factory=SyntheticDataset)
+    # Ours: tokenizer for counting prompt tokens: a local directory, a hub id, or
+    # "local:<size>" for the embedded local model's tokenizer. Unset: 750 words = 1000 tokens.
+    tokenizer: str | None = None
+    max_prompts_per_file: int | None = Field(default=None, ge=1)
+    filters: list[DatasetFilter] = Field(default_factory=list)
+
+
+class Metrics(Section):
+    dataset_of_interest: str | None = None
+
+
+class InferenceSpec(BaseModel):
+    """FMBench's per-experiment inference settings; open-ended there, so open here."""
+
+    model_config = ConfigDict(extra="allow")
+
+    parameter_set: str | None = None
+    stream: bool = True
+    container_type: str | None = None
+
+
+class LoadSettings(Section):
+    """How requests are fired (ours). ``waves`` is FMBench's pattern."""
+
+    pattern: Literal["waves"] = "waves"
+    min_iters_per_combination: int | None = Field(default=None, ge=1)
+    max_iters_per_combination: int | None = Field(default=None, ge=1)
+    request_timeout_s: float | None = Field(default=None, gt=0)
+    warmup_requests: int | None = Field(default=None, ge=0)
+
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "min_iters_per_combination": 5,
+        "max_iters_per_combination": 105,
+        "request_timeout_s": 120.0,
+        "warmup_requests": 1,
+    }
+
+    def merged(self, override: LoadSettings | None) -> LoadSettings:
+        """These settings with ``override``'s explicitly set keys on top, defaults filled."""
+        values = dict(self.DEFAULTS)
+        values.update(self.model_dump(exclude_none=True))
+        if override is not None:
+            values.update(override.model_dump(exclude_none=True, exclude_unset=True))
+        return LoadSettings(**values)
+
+
+class LocalSettings(Section):
+    """The embedded local backend: ``transformers serve`` on loopback."""
+
+    # A preset of the built-in random-weight model ("tiny", "small") or a model directory.
+    model: str = "tiny"
+    seed: int = 0
+    continuous_batching: bool = False
+    server_args: list[str] = Field(default_factory=list)
+    startup_timeout_s: float = Field(default=300.0, gt=0)
+    api: Literal["completions", "chat"] = "completions"
+
+
+class OpenAISettings(Section):
+    """An OpenAI-compatible server (vLLM, TGI, SGLang, Ollama, llama.cpp, ...)."""
+
+    base_url: str | None = None
+    api: Literal["completions", "chat"] = "completions"
+    model: str | None = None
+    api_key_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+
+class Experiment(Section):
+    fmbench_ignored = frozenset(
+        {
+            "model_version", "model_s3_path", "bucket", "accept_eula", "hf_tokenizer_model_id",
+            "serving.properties", "deployment_script", "model_copies", "sagemaker_role",
+            "deploy_docker", "download_model", "tokenizer_dir", "model_loading_timeout",
+            "ecr_repo", "region", "agent", "additional_instance_types", "instance_name",
+        }
+    )
+
+    name: str
+    backend: str | None = None
+    model_id: str | None = None
+    model_name: str | None = None
+    ep_name: str | None = None
+    instance_type: str | None = None
+    instance_count: int | None = Field(default=1, ge=1)
+    image_uri: str | None = None
+    deploy: bool = True
+    inference_script: str | None = None
+    inference_spec: InferenceSpec = Field(default_factory=InferenceSpec)
+    payload_files: list[str] = Field(min_length=1)
+    concurrency_levels: list[int] = Field(min_length=1)
+    env: dict[str, Any] | None = None
+    # Ours.
+    price_per_hour: float | None = Field(default=None, ge=0)
+    local: LocalSettings | None = None
+    openai: OpenAISettings | None = None
+    load: LoadSettings | None = None
+    markers: list[str] = Field(default_factory=list)
+
+    @field_validator("concurrency_levels")
+    @classmethod
+    def _positive_concurrency(cls, levels: list[int]) -> list[int]:
+        for level in levels:
+            if level < 1:
+                raise ValueError(f"concurrency level {level} must be 1 or more")
+        if len(set(levels)) != len(levels):
+            raise ValueError("concurrency levels repeat")
+        return levels
+
+    @field_validator("instance_count", mode="before")
+    @classmethod
+    def _blank_count(cls, value: Any) -> Any:
+        return 1 if value is None else value
+
+    @property
+    def safe_name(self) -> str:
+        return _SAFE_ID.sub("-", self.name).strip("-") or "experiment"
+
+    @property
+    def resolved_backend(self) -> str | None:
+        """The backend named, or the one FMBench's scripts and endpoint name imply."""
+        if self.backend:
+            return self.backend
+        script = (self.inference_script or "").lower()
+        if "bedrock" in script:
+            return "bedrock"
+        if "sagemaker" in script:
+            return "sagemaker"
+        if (self.ep_name or "").startswith(("http://", "https://")) or "ec2" in script:
+            return "openai"
+        if self.local is not None:
+            return "local"
+        if self.openai is not None:
+            return "openai"
+        return None
+
+    @property
+    def instance_family(self) -> str | None:
+        """``ml.g5.12xlarge`` and ``g5.2xlarge`` → ``g5``."""
+        if not self.instance_type:
+            return None
+        parts = self.instance_type.split(".")
+        if parts[0] == "ml" and len(parts) > 1:
+            parts = parts[1:]
+        family = parts[0] if len(parts) > 1 else None
+        return family if family and re.fullmatch(r"[a-z][a-z0-9\-]*", family) else None
+
+
+class Report(Section):
+    fmbench_ignored = frozenset(
+        {
+            "per_inference_request_file", "all_metrics_file", "txn_count_for_showing_cost",
+            "v_shift_w_single_instance", "v_shift_w_gt_one_instance", "latency_vs_token_len_chart",
+            "accuracy_budget", "accuracy_error_rate_budget",
+        }
+    )
+
+    latency_budget: float | None = Field(default=None, gt=0)
+    cost_per_10k_txn_budget: float | None = Field(default=None, ge=0)
+    error_rate_budget: float | None = Field(default=None, ge=0, le=1)
+
+
+class Config(Section):
+    fmbench_ignored = frozenset({"dir_paths", "s3_read_data", "run_steps", "model_evaluations"})
+
+    general: General = Field(default_factory=General)
+    aws: Aws = Field(default_factory=Aws)
+    datasets: Datasets = Field(default_factory=Datasets)
+    metrics: Metrics = Field(default_factory=Metrics)
+    pricing: str | dict[str, Any] | None = None
+    inference_parameters: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    experiments: list[Experiment] = Field(min_length=1)
+    report: Report = Field(default_factory=Report)
+    # Ours.
+    load: LoadSettings = Field(default_factory=LoadSettings)
+    markers: list[str] = Field(default_factory=list)
+
+    # Set by the loader, not read from YAML.
+    source_path: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        names = [e.name for e in self.experiments]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"experiment name '{name}' is used twice; names must be unique")
+        filters = [f.payload_file for f in self.datasets.filters]
+        for index, experiment in enumerate(self.experiments):
+            for payload_file in experiment.payload_files:
+                if payload_file not in filters:
+                    raise ValueError(
+                        f"experiments[{index}] ({experiment.name}).payload_files: "
+                        f"'{payload_file}' is not produced by any datasets.filters entry "
+                        f"({_did_you_mean(payload_file, filters)})"
+                    )
+            parameter_set = experiment.inference_spec.parameter_set
+            if parameter_set and parameter_set not in self.inference_parameters:
+                raise ValueError(
+                    f"experiments[{index}] ({experiment.name}).inference_spec.parameter_set: "
+                    f"'{parameter_set}' is not a section of inference_parameters "
+                    f"({_did_you_mean(parameter_set, sorted(self.inference_parameters))})"
+                )
+        return self
+
+    def parameters_for(self, experiment: Experiment) -> dict[str, Any]:
+        name = experiment.inference_spec.parameter_set
+        return dict(self.inference_parameters.get(name, {})) if name else {}
+
+    def load_for(self, experiment: Experiment) -> LoadSettings:
+        return self.load.merged(experiment.load)
+
+    def experiment(self, name: str) -> Experiment:
+        for experiment in self.experiments:
+            if experiment.name == name:
+                return experiment
+        raise KeyError(name)
+
+
+def _did_you_mean(value: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(value, choices, n=1, cutoff=0.5)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return f"known: {', '.join(choices) or 'none'}"

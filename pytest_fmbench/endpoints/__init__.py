@@ -1,0 +1,1 @@
+"""Endpoints: one module per backend behind the interface in ``base``."""

@@ -1,0 +1,73 @@
+"""The one small interface every backend implements.
+
+The load engine, metrics and report only ever see ``Endpoint`` / ``EndpointClient`` and the
+``InferenceResult`` they return, so they never know which backend they talk to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceRequest:
+    """One prompt to send, with the inference parameters of the experiment."""
+
+    prompt: str
+    parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    prompt_tokens: int | None = None  # counted when the payload file was built
+
+
+@dataclasses.dataclass
+class InferenceResult:
+    """What the client observed for one request (timestamps from ``pytest_fmbench.clock``)."""
+
+    sent_ns: int
+    last_byte_ns: int
+    first_token_ns: int | None = None
+    first_reasoning_ns: int | None = None
+    itl_us: list[int] = dataclasses.field(default_factory=list)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    token_source: str = ""
+    error: str = ""
+    error_detail: str = ""
+    status: int | None = None
+    retries: int = 0
+    text: str = ""
+
+
+@runtime_checkable
+class EndpointClient(Protocol):
+    """Sends requests; created inside the event loop that uses it."""
+
+    async def invoke(self, request: InferenceRequest) -> InferenceResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Endpoint(Protocol):
+    """A deployable (or bring-your-own) endpoint of one experiment."""
+
+    name: str
+
+    @property
+    def deployed_by_us(self) -> bool:
+        """True once ``deploy`` created something that ``teardown`` must delete."""
+        ...
+
+    def deploy(self) -> None:
+        """Create the endpoint (no-op for bring-your-own); blocks until it serves."""
+
+    def teardown(self) -> None:
+        """Delete exactly what ``deploy`` created; safe to call twice or after a failed deploy."""
+
+    def client(self) -> EndpointClient:
+        """A client for this endpoint, bound to the running event loop."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the report (url, instance type, ...), never secrets."""
+        ...

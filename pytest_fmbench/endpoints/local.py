@@ -1,0 +1,83 @@
+"""The embedded local backend: ``transformers serve`` on loopback with a local model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pytest_fmbench.config.model import Config, Experiment, LocalSettings
+from pytest_fmbench.endpoints.base import EndpointClient
+from pytest_fmbench.endpoints.local_model import LocalServer, ModelSpec, ensure_model
+from pytest_fmbench.endpoints.openai_http import OpenAIClient
+from pytest_fmbench.endpoints.registry import EndpointContext
+from pytest_fmbench.errors import EndpointError
+
+MODEL_PRESETS = ("tiny", "small")
+
+
+def resolve_local_model(model: str, seed: int = 0) -> Path:
+    """A preset name builds (once) the random-weight model; anything else is a directory."""
+    if model in MODEL_PRESETS:
+        return ensure_model(ModelSpec(size=model, seed=seed))
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise EndpointError(
+            f"local model '{model}' is neither a preset ({', '.join(MODEL_PRESETS)}) "
+            "nor a model directory",
+            key="local.model",
+            fix="give a preset or the path of a local Hugging Face model directory",
+        )
+    return path
+
+
+class LocalEndpoint:
+    def __init__(self, config: Config, experiment: Experiment, context: EndpointContext) -> None:
+        self.name = experiment.name
+        self.settings = experiment.local or LocalSettings()
+        self.experiment = experiment
+        self.context = context
+        self.timeout_s = config.load_for(experiment).request_timeout_s or 120.0
+        self._server: LocalServer | None = None
+        self._model_dir: Path | None = None
+
+    @property
+    def deployed_by_us(self) -> bool:
+        return self._server is not None
+
+    def deploy(self) -> None:
+        self._model_dir = resolve_local_model(self.settings.model, self.settings.seed)
+        log_path = self.context.results_dir / "logs" / f"{self.experiment.safe_name}-server.log"
+        server = LocalServer(
+            self._model_dir,
+            continuous_batching=self.settings.continuous_batching,
+            extra_args=self.settings.server_args,
+            log_path=log_path,
+            startup_timeout_s=self.settings.startup_timeout_s,
+        )
+        self._server = server
+        server.start()
+
+    def teardown(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
+
+    def client(self) -> EndpointClient:
+        if self._server is None or self._model_dir is None:
+            raise EndpointError(f"endpoint '{self.name}' is not deployed")
+        return OpenAIClient(
+            self._server.url,
+            api=self.settings.api,
+            model=str(self._model_dir),
+            stream=self.experiment.inference_spec.stream,
+            timeout_s=self.timeout_s,
+            count_tokens=self.context.count_tokens,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "local",
+            "url": self._server.url if self._server else None,
+            "model": self.settings.model,
+            "continuous_batching": self.settings.continuous_batching,
+        }

@@ -1,0 +1,63 @@
+"""Backend registry: built-in backends by name, third-party ones by entry point."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from pytest_fmbench.config.model import Config, Experiment
+from pytest_fmbench.endpoints.base import Endpoint
+
+ENTRY_POINT_GROUP = "pytest_fmbench.backends"
+
+_BUILTIN = {
+    "local": "pytest_fmbench.endpoints.local:LocalEndpoint",
+    "openai": "pytest_fmbench.endpoints.openai:OpenAIEndpoint",
+    "sagemaker": "pytest_fmbench.endpoints.sagemaker:SageMakerEndpoint",
+    "bedrock": "pytest_fmbench.endpoints.bedrock:BedrockEndpoint",
+}
+
+
+@dataclass
+class EndpointContext:
+    """What a backend may need beyond its experiment: run identity and where to write."""
+
+    run_id: str
+    results_dir: Path
+    log: Callable[[str], None] = print
+    # ``(text) -> int`` from the configured tokenizer, for backends without server usage.
+    count_tokens: Callable[[str], int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class EndpointFactory(Protocol):
+    def __call__(self, config: Config, experiment: Experiment, context: EndpointContext) -> Endpoint: ...
+
+
+def backend_names() -> list[str]:
+    names = set(_BUILTIN)
+    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
+
+
+def backend_factory(name: str) -> EndpointFactory:
+    target = _BUILTIN.get(name)
+    if target is None:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == name:
+                factory: EndpointFactory = ep.load()
+                return factory
+        raise KeyError(name)
+    module_name, _, attr = target.partition(":")
+    # Imported lazily: backends pull heavy or optional dependencies (boto3, transformers).
+    factory = getattr(importlib.import_module(module_name), attr)
+    return factory  # type: ignore[no-any-return]
+
+
+def create_endpoint(config: Config, experiment: Experiment, context: EndpointContext) -> Endpoint:
+    backend = experiment.resolved_backend
+    assert backend is not None, "the loader checks every experiment has a backend"
+    return backend_factory(backend)(config, experiment, context)

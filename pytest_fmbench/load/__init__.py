@@ -1,0 +1,1 @@
+"""Request records and the load patterns that produce them."""

@@ -1,0 +1,122 @@
+"""RequestRecord: one row per request, appended to a JSON-lines file as it completes.
+
+Field meanings are fixed by METRICS.md. Timestamps are nanoseconds on the shared timeline
+(see ``pytest_fmbench.clock``); durations are differences of timestamps from one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+ERROR_CLASSES = (
+    "timeout",
+    "throttled",
+    "http_4xx",
+    "http_5xx",
+    "connection",
+    "stream_truncated",
+    "bad_response",
+    "client",
+)
+
+TOKEN_SOURCES = ("server", "tokenizer", "estimate", "")
+
+
+@dataclasses.dataclass
+class RequestRecord:
+    run_id: str
+    experiment: str
+    payload_file: str
+    concurrency: int
+    case_id: str
+    request_id: int
+    scheduled_ns: int
+    sent_ns: int
+    last_byte_ns: int
+    first_token_ns: int | None = None
+    first_reasoning_ns: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    token_source: str = ""
+    error: str = ""
+    error_detail: str = ""
+    status: int | None = None
+    wave: int = -1
+    retries: int = 0
+    worker: str = ""
+    # Gaps between consecutive content chunks, in microseconds (ITL, pooled later).
+    itl_us: list[int] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def latency_s(self) -> float:
+        return (self.last_byte_ns - self.sent_ns) / 1e9
+
+    @property
+    def ttft_s(self) -> float | None:
+        if self.first_token_ns is None:
+            return None
+        return (self.first_token_ns - self.sent_ns) / 1e9
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class RecordWriter:
+    """Appends records to a JSON-lines file, one line per record, flushed at once.
+
+    Appending (never rewriting) means a crash loses nothing already finished, and merging the
+    files of several processes is a concatenation. Safe to call from several threads.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[str] | None = None
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def write(self, record: RequestRecord) -> None:
+        line = record.to_json() + "\n"
+        with self._lock:
+            if self._file is None:
+                self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._file.write(line)
+            self._file.flush()
+            self.count += 1
+
+    def write_many(self, records: Iterable[RequestRecord]) -> None:
+        for record in records:
+            self.write(record)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                self._file = None
+
+
+def read_records(paths: Iterable[Path]) -> Iterator[RequestRecord]:
+    """Records from one or more JSON-lines files; a torn last line (crash) is skipped."""
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                if not line.endswith("\n"):
+                    break
+                yield RequestRecord.from_dict(json.loads(line))

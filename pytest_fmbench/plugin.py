@@ -1,0 +1,275 @@
+"""pytest hooks and fixtures of pytest-fmbench: thin translations onto ``BenchmarkRun``."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_fmbench.cases import Case, all_markers, expand_cases
+from pytest_fmbench.config.loader import load_config
+from pytest_fmbench.config.model import BUILTIN_BACKENDS
+from pytest_fmbench.endpoints.base import Endpoint
+from pytest_fmbench.endpoints.lifecycle import DeployFailed
+from pytest_fmbench.endpoints.registry import backend_names
+from pytest_fmbench.errors import ConfigError, FmbenchError
+from pytest_fmbench.load.summary import format_summary
+from pytest_fmbench.run import BenchmarkRun, CaseResult, new_run_id
+
+RUN_KEY = pytest.StashKey[BenchmarkRun]()
+CASES_KEY = pytest.StashKey[list[Case]]()
+SIGTERM_KEY = pytest.StashKey[Any]()
+
+NO_CONFIG = (
+    "no pytest-fmbench config given: pass --fmbench-config=PATH "
+    "(or set FMBENCH_CONFIG, or the ini option fmbench_config), "
+    "e.g. pytest benchmarks/ --fmbench-config=configs/quickstart.yml"
+)
+USER_PROPERTY = "fmbench"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fmbench", "pytest-fmbench: foundation-model benchmarks")
+    group.addoption("--fmbench-config", dest="fmbench_config", metavar="PATH", default=None,
+                    help="benchmark config file (FMBench-compatible YAML). "
+                    "Env: FMBENCH_CONFIG; ini: fmbench_config.")
+    group.addoption("--fmbench-results-dir", dest="fmbench_results_dir", metavar="DIR",
+                    default=None, help="where records and the report go "
+                    "(default: results/<general.name>/<run id>). Env: FMBENCH_RESULTS_DIR.")
+    group.addoption("--fmbench-set", dest="fmbench_set", action="append", default=[],
+                    metavar="KEY=VALUE", help="fill a {KEY} placeholder of the config "
+                    "(repeatable), like FMBench's -A.")
+    parser.addini("fmbench_config", "benchmark config file (FMBench-compatible YAML)")
+    parser.addini("fmbench_results_dir", "directory for records and the report")
+
+
+def _setting(config: pytest.Config, name: str, env: str) -> str | None:
+    """Command line, then environment, then ini (like pytest-timeout)."""
+    value = config.getoption(name)
+    if value:
+        return str(value)
+    if os.environ.get(env):
+        return os.environ[env]
+    ini = config.getini(name)
+    return str(ini) if ini else None
+
+
+def _placeholder_values(pairs: list[str]) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise pytest.UsageError(
+                f"--fmbench-set expects KEY=VALUE, got '{pair}'\n  fix: e.g. --fmbench-set region=us-east-1"
+            )
+        values[key.strip()] = value
+    return values
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fmbench: a pytest-fmbench benchmark case")
+    for backend in BUILTIN_BACKENDS:
+        config.addinivalue_line("markers", f"{backend}: cases served by the {backend} backend")
+    raw = _setting(config, "fmbench_config", "FMBENCH_CONFIG")
+    if not raw:
+        return
+    base = config.invocation_params.dir
+    path = (base / raw).resolve()
+    try:
+        bench_config = load_config(path, _placeholder_values(config.getoption("fmbench_set")),
+                                   known_backends=backend_names())
+        cases = expand_cases(bench_config)
+    except ConfigError as exc:
+        raise pytest.UsageError(exc.render()) from None
+    except ValueError as exc:
+        raise pytest.UsageError(f"{path}: {exc}") from None
+    for marker in all_markers(bench_config):
+        config.addinivalue_line("markers", f"{marker}: pytest-fmbench experiment marker")
+
+    workerinput: dict[str, Any] = getattr(config, "workerinput", {})
+    run_id = workerinput.get("fmbench_run_id") or new_run_id()
+    results = workerinput.get("fmbench_results_dir") or _setting(
+        config, "fmbench_results_dir", "FMBENCH_RESULTS_DIR")
+    results_dir = (base / results) if results else base / "results" / bench_config.general.name / run_id
+    run = BenchmarkRun(bench_config, run_id=run_id, results_dir=results_dir.resolve(),
+                       worker=workerinput.get("workerid", ""), log=_logger(config))
+    config.stash[RUN_KEY] = run
+    config.stash[CASES_KEY] = cases
+    if not hasattr(config, "workerinput"):
+        config.pluginmanager.register(CaseLines(config), "fmbench-case-lines")
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(run), "fmbench-xdist")
+    _install_sigterm(config)
+
+
+def _logger(config: pytest.Config) -> Callable[[str], None]:
+    def log(message: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or hasattr(config, "workerinput"):
+            return
+        reporter.ensure_newline()
+        reporter.write_line(message)
+
+    return log
+
+
+def _install_sigterm(config: pytest.Config) -> None:
+    """SIGTERM takes the Ctrl-C path, so endpoints are torn down (pytest ignores it)."""
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt("SIGTERM")
+
+        config.stash[SIGTERM_KEY] = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread
+        pass
+
+
+class XdistHooks:
+    """Registered only when pytest-xdist is present."""
+
+    def __init__(self, run: BenchmarkRun) -> None:
+        self.run = run
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["fmbench_run_id"] = self.run.run_id
+        node.workerinput["fmbench_results_dir"] = str(self.run.results_dir)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "fmbench_case" not in metafunc.fixturenames:
+        return
+    cases = metafunc.config.stash.get(CASES_KEY, None)
+    if cases is None:
+        metafunc.parametrize("fmbench_case", [
+            pytest.param(None, id="no-config", marks=pytest.mark.skip(reason=NO_CONFIG))])
+        return
+    metafunc.parametrize("fmbench_case", [
+        pytest.param(case, id=case.id,
+                     marks=[pytest.mark.fmbench, *(getattr(pytest.mark, m) for m in case.markers)])
+        for case in cases
+    ])
+
+
+def _case_of(item: pytest.Item | None) -> Case | None:
+    callspec = getattr(item, "callspec", None)
+    case = callspec.params.get("fmbench_case") if callspec is not None else None
+    return case if isinstance(case, Case) else None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Cases of one experiment run contiguously (one deploy), in config order."""
+    positions = [i for i, item in enumerate(items) if _case_of(item) is not None]
+    ordered = sorted((items[i] for i in positions), key=lambda it: _case_of(it).experiment_index)  # type: ignore[union-attr]
+    for position, item in zip(positions, ordered):
+        items[position] = item
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is not None and not hasattr(session.config, "workerinput"):
+        run.write_metadata({"args": list(session.config.invocation_params.args)})
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    yield
+    case = _case_of(item)
+    run = item.config.stash.get(RUN_KEY, None)
+    if case is None or run is None:
+        return
+    following = _case_of(nextitem)
+    if following is None or following.experiment != case.experiment:
+        run.endpoints.release(case.experiment, last=True)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    run = session.config.stash.get(RUN_KEY, None)
+    if run is not None:
+        run.close()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.stash.get(RUN_KEY, None)
+    if run is not None:
+        run.close()
+    previous = config.stash.get(SIGTERM_KEY, None)
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class CaseLines:
+    """Prints one line per finished case (on the controller, also under xdist)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when != "call":
+            return
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        for name, value in report.user_properties:
+            if name == USER_PROPERTY and isinstance(value, dict) and reporter is not None:
+                reporter.ensure_newline()
+                reporter.write_line(format_summary(value["case"], value["summary"]))
+
+
+# -- fixtures ---------------------------------------------------------------------------
+
+def _run(request: pytest.FixtureRequest) -> BenchmarkRun:
+    run = request.config.stash.get(RUN_KEY, None)
+    if run is None:
+        pytest.skip(NO_CONFIG)
+    return run
+
+
+def _usage_exit(exc: ConfigError) -> None:
+    pytest.exit(exc.render(), returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+@pytest.fixture
+def fmbench_run(request: pytest.FixtureRequest) -> BenchmarkRun:
+    """The benchmark run of this process (config, results dir, records)."""
+    return _run(request)
+
+
+@pytest.fixture
+def fmbench_endpoint(fmbench_case: Case, request: pytest.FixtureRequest) -> Endpoint:
+    """The deployed endpoint of this case's experiment (deployed once, before its first case)."""
+    run = _run(request)
+    try:
+        return run.endpoints.acquire(fmbench_case.experiment)
+    except DeployFailed as exc:
+        pytest.fail(str(exc), pytrace=False)
+    except ConfigError as exc:
+        _usage_exit(exc)
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def fmbench_load(fmbench_case: Case, fmbench_endpoint: Endpoint,
+                 request: pytest.FixtureRequest) -> Callable[[], CaseResult]:
+    """Call it to fire this case's load at the endpoint; returns the measured ``CaseResult``."""
+    run = _run(request)
+
+    def load() -> CaseResult:
+        try:
+            result = run.run_case(fmbench_case, fmbench_endpoint)
+        except ConfigError as exc:
+            _usage_exit(exc)
+            raise
+        except FmbenchError as exc:
+            pytest.fail(exc.render(), pytrace=False)
+        request.node.user_properties.append(
+            (USER_PROPERTY, {"case": fmbench_case.id, "summary": result.summary}))
+        return result
+
+    return load

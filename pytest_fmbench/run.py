@@ -1,0 +1,254 @@
+"""One benchmark run in one process: payloads, endpoints, cases and their records.
+
+The plugin creates one ``BenchmarkRun`` per process (controller or xdist worker) and calls it
+from fixtures and hooks; everything here is plain Python, testable without pytest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import platform
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pytest_fmbench import __version__
+from pytest_fmbench.cases import Case
+from pytest_fmbench.config.model import Config, Experiment
+from pytest_fmbench.data.payloads import PayloadFilter, build_payload_files, load_payloads
+from pytest_fmbench.data.tokens import TokenCounter, load_token_counter
+from pytest_fmbench.endpoints.base import Endpoint, InferenceRequest, InferenceResult
+from pytest_fmbench.endpoints.lifecycle import EndpointManager
+from pytest_fmbench.endpoints.registry import EndpointContext, create_endpoint
+from pytest_fmbench.errors import ConfigError
+from pytest_fmbench.load.records import RecordWriter, RequestRecord
+from pytest_fmbench.load.summary import case_summary
+from pytest_fmbench.load.waves import plan_waves, run_waves
+
+T = TypeVar("T")
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def run_async(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine on a fresh event loop (uvloop when installed)."""
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(make())  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass
+class CaseResult:
+    case: Case
+    records: list[RequestRecord]
+    summary: dict[str, Any]
+
+    @property
+    def requests(self) -> int:
+        return len(self.records)
+
+    @property
+    def successes(self) -> int:
+        return sum(1 for r in self.records if r.ok)
+
+
+class BenchmarkRun:
+    def __init__(self, config: Config, *, run_id: str, results_dir: Path, worker: str = "",
+                 log: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.run_id = run_id
+        self.results_dir = results_dir
+        self.worker = worker
+        self.log = log
+        suffix = f"-{worker}" if worker else ""
+        self.records = RecordWriter(results_dir / f"records{suffix}.jsonl")
+        self.endpoints = EndpointManager(
+            self._create_endpoint, results_dir / f"endpoints{suffix}.jsonl",
+            warmup=self._warmup, log=log,
+        )
+        self._counter: TokenCounter | None = None
+        self._payload_paths: dict[str, Path] | None = None
+        self._requests: dict[tuple[str, str], list[InferenceRequest]] = {}
+
+    # -- files -------------------------------------------------------------------------
+    @property
+    def config_dir(self) -> Path:
+        return self.config.source_path.parent if self.config.source_path else Path.cwd()
+
+    @property
+    def payload_dir(self) -> Path:
+        return self.results_dir / "payloads"
+
+    def write_metadata(self, extra: dict[str, Any] | None = None) -> None:
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "run_id": self.run_id,
+            "name": self.config.general.name,
+            "config": str(self.config.source_path) if self.config.source_path else None,
+            "pytest_fmbench": __version__,
+            "python": platform.python_version(),
+            "host": platform.node(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(extra or {}),
+        }
+        (self.results_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    # -- tokens and payloads -----------------------------------------------------------
+    @property
+    def counter(self) -> TokenCounter:
+        if self._counter is None:
+            self._counter = load_token_counter(self._tokenizer_spec(), warn=self.log)
+        return self._counter
+
+    def _tokenizer_spec(self) -> str | None:
+        spec = self.config.datasets.tokenizer
+        if spec is None:
+            return None
+        if spec.startswith("local:"):
+            from pytest_fmbench.endpoints.local import resolve_local_model
+
+            return str(resolve_local_model(spec.removeprefix("local:")))
+        candidate = (self.config_dir / spec).expanduser()
+        return str(candidate) if candidate.exists() else spec
+
+    def payload_paths(self) -> dict[str, Path]:
+        if self._payload_paths is None:
+            self._payload_paths = build_payload_files(
+                self._dataset_records(),
+                template=self._template(),
+                keys=self.config.datasets.prompt_template_keys,
+                filters=[PayloadFilter(**f.model_dump()) for f in self.config.datasets.filters],
+                counter=self.counter,
+                out_dir=self.payload_dir,
+                max_prompts_per_file=self.config.datasets.max_prompts_per_file,
+            )
+        return self._payload_paths
+
+    def _dataset_records(self) -> list[dict[str, Any]]:
+        datasets = self.config.datasets
+        if not datasets.source_files:
+            from pytest_fmbench.data.synthetic import synthetic_longbench
+
+            return synthetic_longbench(datasets.synthetic.records, datasets.synthetic.seed)
+        from pytest_fmbench.data.longbench import load_longbench_jsonl
+
+        records: list[dict[str, Any]] = []
+        for name in datasets.source_files:
+            records += load_longbench_jsonl(self.config_dir / name)
+        return records
+
+    def _template(self) -> str:
+        datasets = self.config.datasets
+        if datasets.prompt_template is not None:
+            return datasets.prompt_template
+        if datasets.prompt_template_file is not None:
+            from pytest_fmbench.data.template import load_template
+
+            return load_template(self.config_dir / datasets.prompt_template_file)
+        from pytest_fmbench.data.template import DEFAULT_PROMPT_TEMPLATE
+
+        return DEFAULT_PROMPT_TEMPLATE
+
+    def requests_for(self, experiment: Experiment, payload_file: str) -> list[InferenceRequest]:
+        key = (experiment.name, payload_file)
+        if key not in self._requests:
+            path = self.payload_paths().get(payload_file)
+            if path is None:
+                raise ConfigError(f"payload file '{payload_file}' was not built",
+                                  key="datasets.filters", fix="add a filter producing it")
+            parameters = self.config.parameters_for(experiment)
+            self._requests[key] = [
+                InferenceRequest(p.prompt, parameters, p.prompt_tokens) for p in load_payloads(path)
+            ]
+        return self._requests[key]
+
+    # -- endpoints ---------------------------------------------------------------------
+    def _create_endpoint(self, name: str) -> Endpoint:
+        count = self.counter.count if self.counter.source == "tokenizer" else None
+        context = EndpointContext(self.run_id, self.results_dir, self.log, count)
+        return create_endpoint(self.config, self.config.experiment(name), context)
+
+    def _warmup(self, name: str, endpoint: Endpoint) -> None:
+        experiment = self.config.experiment(name)
+        count = self.config.load_for(experiment).warmup_requests or 0
+        if not count:
+            return
+        request = self.requests_for(experiment, experiment.payload_files[0])[0]
+
+        async def warm() -> list[InferenceResult]:
+            client = endpoint.client()
+            try:
+                return [await client.invoke(request) for _ in range(count)]
+            finally:
+                await client.aclose()
+
+        results = run_async(warm)
+        failed = [r for r in results if r.error]
+        seconds = ", ".join(f"{(r.last_byte_ns - r.sent_ns) / 1e9:.2f} s" for r in results)
+        self.log(f"[fmbench] warm-up of '{name}': {count} request(s) ({seconds})"
+                 + (f", {len(failed)} failed: {failed[0].error} {failed[0].error_detail}" if failed else ""))
+
+    # -- cases -------------------------------------------------------------------------
+    def run_case(self, case: Case, endpoint: Endpoint) -> CaseResult:
+        experiment = self.config.experiment(case.experiment)
+        settings = self.config.load_for(experiment)
+        requests = self.requests_for(experiment, case.payload_file)
+        assert settings.min_iters_per_combination and settings.max_iters_per_combination
+        plan = plan_waves(len(requests), case.concurrency, settings.min_iters_per_combination,
+                          settings.max_iters_per_combination)
+        records: list[RequestRecord] = []
+
+        def on_result(request_id: int, wave: int, scheduled: int, request: InferenceRequest,
+                      result: InferenceResult) -> None:
+            record = self._record(case, request_id, wave, scheduled, request, result)
+            self.records.write(record)
+            records.append(record)
+
+        async def drive() -> None:
+            client = endpoint.client()
+            try:
+                await run_waves(client, requests, plan, on_result,
+                                timeout_s=settings.request_timeout_s or 120.0)
+            finally:
+                await client.aclose()
+
+        run_async(drive)
+        return CaseResult(case, records, case_summary(records))
+
+    def _record(self, case: Case, request_id: int, wave: int, scheduled: int,
+                request: InferenceRequest, result: InferenceResult) -> RequestRecord:
+        prompt_tokens = result.prompt_tokens if result.prompt_tokens is not None else request.prompt_tokens
+        return RequestRecord(
+            run_id=self.run_id, experiment=case.experiment, payload_file=case.payload_file,
+            concurrency=case.concurrency, case_id=case.id, request_id=request_id,
+            scheduled_ns=scheduled, sent_ns=result.sent_ns, last_byte_ns=result.last_byte_ns,
+            first_token_ns=result.first_token_ns, first_reasoning_ns=result.first_reasoning_ns,
+            prompt_tokens=prompt_tokens, completion_tokens=result.completion_tokens,
+            token_source=result.token_source, error=result.error,
+            error_detail=result.error_detail, status=result.status, wave=wave,
+            retries=result.retries, worker=self.worker, itl_us=result.itl_us,
+        )
+
+    def close(self) -> None:
+        try:
+            self.endpoints.teardown_all()
+        finally:
+            self.records.close()
+
+
+def experiment_case_counts(cases: Sequence[Case]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for case in cases:
+        counts[case.experiment] = counts.get(case.experiment, 0) + 1
+    return counts
