@@ -15,14 +15,19 @@ from pytest_fmbench.config.loader import load_config
 from pytest_fmbench.config.model import BUILTIN_BACKENDS
 from pytest_fmbench.endpoints.base import Endpoint
 from pytest_fmbench.endpoints.lifecycle import DeployFailed
-from pytest_fmbench.endpoints.registry import backend_names
+from pytest_fmbench.endpoints.registry import backend_names, preflight
 from pytest_fmbench.errors import ConfigError, FmbenchError
 from pytest_fmbench.load.summary import format_summary
+from pytest_fmbench.report.session import (
+    ReportSettings, SessionReport, case_failure_message, case_violations, finish, prepare,
+)
 from pytest_fmbench.run import BenchmarkRun, CaseResult, new_run_id
 
 RUN_KEY = pytest.StashKey[BenchmarkRun]()
 CASES_KEY = pytest.StashKey[list[Case]]()
 SIGTERM_KEY = pytest.StashKey[Any]()
+REPORT_SETTINGS_KEY = pytest.StashKey[ReportSettings]()
+SESSION_REPORT_KEY = pytest.StashKey[SessionReport]()
 
 NO_CONFIG = (
     "no pytest-fmbench config given: pass --fmbench-config=PATH "
@@ -43,7 +48,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fmbench-set", dest="fmbench_set", action="append", default=[],
                     metavar="KEY=VALUE", help="fill a {KEY} placeholder of the config "
                     "(repeatable), like FMBench's -A.")
+    group.addoption("--fmbench-budget", dest="fmbench_budget", action="append", default=[],
+                    metavar="METRIC=VALUE", help="a budget on any metric (repeatable), winning over "
+                    "the config's, e.g. --fmbench-budget latency_p95=2.0")
+    group.addoption("--fmbench-gate", dest="fmbench_gate", metavar="MODE", default=None,
+                    choices=["best", "every"], help="best (default): fail unless some combination "
+                    "of the dataset of interest meets every budget; every: each case fails its own "
+                    "test when it violates a budget. Env: FMBENCH_GATE; ini: fmbench_gate.")
     parser.addini("fmbench_config", "benchmark config file (FMBench-compatible YAML)")
+    parser.addini("fmbench_gate", "budget gate mode: best or every")
     parser.addini("fmbench_results_dir", "directory for records and the report")
 
 
@@ -83,6 +96,9 @@ def pytest_configure(config: pytest.Config) -> None:
         bench_config = load_config(path, _placeholder_values(config.getoption("fmbench_set")),
                                    known_backends=backend_names())
         cases = expand_cases(bench_config)
+        preflight(bench_config)
+        report_settings = prepare(bench_config, config.getoption("fmbench_budget"),
+                                  _setting(config, "fmbench_gate", "FMBENCH_GATE"))
     except ConfigError as exc:
         raise pytest.UsageError(exc.render()) from None
     except ValueError as exc:
@@ -99,6 +115,7 @@ def pytest_configure(config: pytest.Config) -> None:
                        worker=workerinput.get("workerid", ""), log=_logger(config))
     config.stash[RUN_KEY] = run
     config.stash[CASES_KEY] = cases
+    config.stash[REPORT_SETTINGS_KEY] = report_settings
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(CaseLines(config), "fmbench-case-lines")
     if config.pluginmanager.hasplugin("xdist"):
@@ -172,12 +189,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items[position] = item
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    run = session.config.stash.get(RUN_KEY, None)
-    if run is not None and not hasattr(session.config, "workerinput"):
-        run.write_metadata({"args": list(session.config.invocation_params.args)})
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     yield
@@ -192,8 +203,35 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     run = session.config.stash.get(RUN_KEY, None)
-    if run is not None:
-        run.close()
+    if run is None:
+        return
+    run.close()
+    if not hasattr(session.config, "workerinput") and run.results_dir.exists():
+        run.write_metadata({"args": list(session.config.invocation_params.args)})
+        _finish_report(session, run)
+
+
+def _finish_report(session: pytest.Session, run: BenchmarkRun) -> None:
+    """Controller only: merge every process's records, write the report, apply the gate."""
+    settings = session.config.stash.get(REPORT_SETTINGS_KEY, None)
+    if settings is None:
+        return
+    outcome = finish(run.results_dir, run.config, settings)
+    session.config.stash[SESSION_REPORT_KEY] = outcome
+    if not outcome.passed and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    outcome = config.stash.get(SESSION_REPORT_KEY, None)
+    if outcome is None or not outcome.ran and not outcome.error:
+        return
+    try:
+        terminalreporter.write_sep("=", "pytest-fmbench", red=not outcome.passed, green=outcome.passed)
+        for line in outcome.lines:
+            terminalreporter.write_line(line)
+    except Exception:  # noqa: BLE001 - never raise from the summary
+        pass
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -248,10 +286,12 @@ def fmbench_endpoint(fmbench_case: Case, request: pytest.FixtureRequest) -> Endp
     try:
         return run.endpoints.acquire(fmbench_case.experiment)
     except DeployFailed as exc:
-        pytest.fail(str(exc), pytrace=False)
+        failure = str(exc)
     except ConfigError as exc:
         _usage_exit(exc)
-    raise AssertionError("unreachable")
+        raise
+    # Outside the except block, so the report shows the one message, not a chain.
+    pytest.fail(failure, pytrace=False)
 
 
 @pytest.fixture
@@ -267,9 +307,17 @@ def fmbench_load(fmbench_case: Case, fmbench_endpoint: Endpoint,
             _usage_exit(exc)
             raise
         except FmbenchError as exc:
-            pytest.fail(exc.render(), pytrace=False)
-        request.node.user_properties.append(
-            (USER_PROPERTY, {"case": fmbench_case.id, "summary": result.summary}))
-        return result
+            failure = exc.render()
+        else:
+            request.node.user_properties.append(
+                (USER_PROPERTY, {"case": fmbench_case.id, "summary": result.summary}))
+            settings = request.config.stash.get(REPORT_SETTINGS_KEY, None)
+            if settings is None or settings.mode != "every":
+                return result
+            violations = case_violations(settings, run.config, result.records)
+            if not violations:
+                return result
+            failure = case_failure_message(violations)
+        pytest.fail(failure, pytrace=False)
 
     return load

@@ -25,9 +25,10 @@ from pytest_fmbench.endpoints.base import Endpoint, InferenceRequest, InferenceR
 from pytest_fmbench.endpoints.lifecycle import EndpointManager
 from pytest_fmbench.endpoints.registry import EndpointContext, create_endpoint
 from pytest_fmbench.errors import ConfigError
-from pytest_fmbench.load.records import RecordWriter, RequestRecord
+from pytest_fmbench.load.columnar import ColumnarRecordWriter
+from pytest_fmbench.load.engine import RecordContext, plan_load, run_load
+from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.load.summary import case_summary
-from pytest_fmbench.load.waves import plan_waves, run_waves
 
 T = TypeVar("T")
 
@@ -72,7 +73,8 @@ class BenchmarkRun:
         self.worker = worker
         self.log = log
         suffix = f"-{worker}" if worker else ""
-        self.records = RecordWriter(results_dir / f"records{suffix}.jsonl")
+        # JSON lines (the record of truth) plus an Arrow copy per case, for fast reports.
+        self.records = ColumnarRecordWriter(results_dir / f"records{suffix}.jsonl")
         self.endpoints = EndpointManager(
             self._create_endpoint, results_dir / f"endpoints{suffix}.jsonl",
             warmup=self._warmup, log=log,
@@ -80,6 +82,7 @@ class BenchmarkRun:
         self._counter: TokenCounter | None = None
         self._payload_paths: dict[str, Path] | None = None
         self._requests: dict[tuple[str, str], list[InferenceRequest]] = {}
+        self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     # -- files -------------------------------------------------------------------------
     @property
@@ -99,7 +102,8 @@ class BenchmarkRun:
             "pytest_fmbench": __version__,
             "python": platform.python_version(),
             "host": platform.node(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "started": self.started,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **(extra or {}),
         }
         (self.results_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -204,41 +208,21 @@ class BenchmarkRun:
         experiment = self.config.experiment(case.experiment)
         settings = self.config.load_for(experiment)
         requests = self.requests_for(experiment, case.payload_file)
-        assert settings.min_iters_per_combination and settings.max_iters_per_combination
-        plan = plan_waves(len(requests), case.concurrency, settings.min_iters_per_combination,
-                          settings.max_iters_per_combination)
+        # Every pattern (waves, concurrency, rate) runs through the load engine (load/).
+        plan = plan_load(settings, case.concurrency, len(requests))
+        context = RecordContext(self.run_id, case.experiment, case.payload_file,
+                                case.concurrency, case.id, self.worker)
         records: list[RequestRecord] = []
 
-        def on_result(request_id: int, wave: int, scheduled: int, request: InferenceRequest,
-                      result: InferenceResult) -> None:
-            record = self._record(case, request_id, wave, scheduled, request, result)
+        def emit(record: RequestRecord) -> None:
             self.records.write(record)
             records.append(record)
 
-        async def drive() -> None:
-            client = endpoint.client()
-            try:
-                await run_waves(client, requests, plan, on_result,
-                                timeout_s=settings.request_timeout_s or 120.0)
-            finally:
-                await client.aclose()
-
-        run_async(drive)
+        try:
+            run_load(plan, endpoint.client, requests, context, emit, log=self.log)
+        finally:
+            self.records.checkpoint()
         return CaseResult(case, records, case_summary(records))
-
-    def _record(self, case: Case, request_id: int, wave: int, scheduled: int,
-                request: InferenceRequest, result: InferenceResult) -> RequestRecord:
-        prompt_tokens = result.prompt_tokens if result.prompt_tokens is not None else request.prompt_tokens
-        return RequestRecord(
-            run_id=self.run_id, experiment=case.experiment, payload_file=case.payload_file,
-            concurrency=case.concurrency, case_id=case.id, request_id=request_id,
-            scheduled_ns=scheduled, sent_ns=result.sent_ns, last_byte_ns=result.last_byte_ns,
-            first_token_ns=result.first_token_ns, first_reasoning_ns=result.first_reasoning_ns,
-            prompt_tokens=prompt_tokens, completion_tokens=result.completion_tokens,
-            token_source=result.token_source, error=result.error,
-            error_detail=result.error_detail, status=result.status, wave=wave,
-            retries=result.retries, worker=self.worker, itl_us=result.itl_us,
-        )
 
     def close(self) -> None:
         try:

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pytest_fmbench.config.model import BUILTIN_BACKENDS, Config
+from pytest_fmbench.config.model import BUILTIN_BACKENDS, Config, is_import_path
 from pytest_fmbench.config.placeholders import fill_placeholders
 from pytest_fmbench.errors import ConfigError
 
@@ -130,6 +130,9 @@ def _describe(error: Any, data: dict[str, Any]) -> tuple[str, str, str]:
     if "is not produced by" in message or "is not a section" in message:
         key = message.split(":", 1)[0]
         fix = "use a payload file / parameter set defined in the config, or define it"
+    if "is used twice" in message:
+        key = message.split(":", 1)[0]
+        fix = "give each experiment a unique name (case ids and results are keyed by it)"
     return key or "(top level)", message, fix
 
 
@@ -161,7 +164,7 @@ def _check_backends(config: Config, path: Path, known: list[str]) -> None:
                 file=str(path), key=key,
                 fix=f"add 'backend:' with one of: {', '.join(known)}",
             )
-        if backend not in known:
+        if backend not in known and not is_import_path(backend):
             close = difflib.get_close_matches(backend, known, n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'? " if close else ""
             raise ConfigError(

@@ -18,6 +18,12 @@ BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock")
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
+def is_import_path(name: str) -> bool:
+    """``package.module:Class`` names a backend directly (handy for one-off backends)."""
+    module, sep, attr = name.partition(":")
+    return bool(sep and module and attr.isidentifier())
+
+
 class Section(BaseModel):
     """A config section: unknown keys are errors, FMBench-only keys are accepted and ignored."""
 
@@ -86,6 +92,10 @@ class Datasets(Section):
         {"ground_truth_col_key", "question_col_key", "source_data_prefix", "prompt_template_dir"}
     )
 
+    # FMBench's place for the wave bounds; a `load:` section (ours) overrides them.
+    min_iters_per_combination: int | None = Field(default=None, ge=1)
+    max_iters_per_combination: int | None = Field(default=None, ge=1)
+
     prompt_template_keys: list[str] = Field(default_factory=lambda: ["input", "context"])
     # Ours: the prompt template inline, or a file (relative to the config file).
     prompt_template: str | None = None
@@ -115,20 +125,66 @@ class InferenceSpec(BaseModel):
 
 
 class LoadSettings(Section):
-    """How requests are fired (ours). ``waves`` is FMBench's pattern."""
+    """How requests are fired (ours). ``waves`` is FMBench's pattern (the default).
 
-    pattern: Literal["waves"] = "waves"
+    In every pattern a case's concurrency level is the most requests in flight at once:
+    ``waves`` fires c at a time, ``concurrency`` keeps c in flight (closed loop), ``rate``
+    sends at ``rate`` requests/s (open loop) with at most c in flight; an arrival finding c in
+    flight waits for a slot and its record says so (``queued``). See pytest_fmbench/load/.
+    """
+
+    pattern: Literal["waves", "concurrency", "rate"] = "waves"
     min_iters_per_combination: int | None = Field(default=None, ge=1)
     max_iters_per_combination: int | None = Field(default=None, ge=1)
     request_timeout_s: float | None = Field(default=None, gt=0)
+    # Sent once per endpoint after deploy, never recorded.
     warmup_requests: int | None = Field(default=None, ge=0)
+    # concurrency / rate: bounds (whichever comes first); neither: as many requests as waves.
+    requests: int | None = Field(default=None, ge=1)
+    duration_s: float | None = Field(default=None, gt=0)
+    # concurrency / rate: seconds of load at the start of each case that are not recorded.
+    warmup_s: float | None = Field(default=None, ge=0)
+    # rate: requests per second, and how arrivals are spread.
+    rate: float | None = Field(default=None, gt=0)
+    arrival: Literal["poisson", "constant", "gamma"] | None = None
+    # gamma arrivals: shape; < 1 burstier than Poisson, 1 = Poisson, > 1 more regular.
+    burstiness: float | None = Field(default=None, gt=0)
+    seed: int | None = None
+    # concurrency / rate: spread one case's load over this many processes.
+    processes: int | None = Field(default=None, ge=1, le=256)
+    # A request sent this late, or under this much event-loop lag, flags the client saturated.
+    saturation_ms: float | None = Field(default=None, gt=0)
 
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "min_iters_per_combination": 5,
         "max_iters_per_combination": 105,
         "request_timeout_s": 120.0,
         "warmup_requests": 1,
+        "warmup_s": 0.0,
+        "arrival": "poisson",
+        "burstiness": 1.0,
+        "seed": 0,
+        "processes": 1,
+        "saturation_ms": 10.0,
     }
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(key, message) for combinations that can't run; checked on merged settings."""
+        found: list[tuple[str, str]] = []
+        if self.pattern == "rate" and self.rate is None:
+            found.append(("rate", "the rate pattern needs 'rate' (requests per second)"))
+        if self.pattern == "waves":
+            for key in ("requests", "duration_s", "rate"):
+                if getattr(self, key) is not None:
+                    found.append((key, f"'{key}' applies to the concurrency and rate patterns, "
+                                       "not waves (waves use min/max_iters_per_combination)"))
+            if (self.warmup_s or 0) > 0:
+                found.append(("warmup_s", "'warmup_s' applies to the concurrency and rate "
+                                          "patterns (waves use warmup_requests)"))
+            if (self.processes or 1) > 1:
+                found.append(("processes", "'processes' applies to the concurrency and rate "
+                                           "patterns (a wave waits for its slowest request)"))
+        return found
 
     def merged(self, override: LoadSettings | None) -> LoadSettings:
         """These settings with ``override``'s explicitly set keys on top, defaults filled."""
@@ -151,6 +207,25 @@ class LocalSettings(Section):
     api: Literal["completions", "chat"] = "completions"
 
 
+class DeployCommand(Section):
+    """A shell command that starts an OpenAI-compatible server, and how to tell it is up.
+
+    The command runs in its own process group (``sh -c``) with ``FMBENCH_PORT`` in its
+    environment; the whole group is stopped on teardown. Its output goes to
+    ``<results>/logs/<experiment>-server.log``.
+    """
+
+    command: str
+    # 0: pick a free port; exported as FMBENCH_PORT. base_url defaults to 127.0.0.1:<port>.
+    port: int = Field(default=0, ge=0, le=65535)
+    # Any 2xx answer means ready; default <base_url>/health (vLLM, SGLang, TGI, llama.cpp).
+    health_url: str | None = None
+    startup_timeout_s: float = Field(default=900.0, gt=0)
+    stop_timeout_s: float = Field(default=30.0, gt=0)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+
+
 class OpenAISettings(Section):
     """An OpenAI-compatible server (vLLM, TGI, SGLang, Ollama, llama.cpp, ...)."""
 
@@ -160,15 +235,71 @@ class OpenAISettings(Section):
     api_key_env: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    # Start the server ourselves (vllm serve, sglang, llama-server, ...); stopped on teardown.
+    deploy: DeployCommand | None = None
+
+
+class RetrySettings(Section):
+    """Our bounded retry policy for throttled requests (never infinite, always counted).
+
+    A retried request's record measures its final attempt; ``retries`` counts the attempts
+    before it, and the time spent on them (with back-off) shows as client queue time
+    (``sent - scheduled``), never inside latency.
+    """
+
+    # Unset: the backend's default (Bedrock 3, SageMaker 0).
+    max_retries: int | None = Field(default=None, ge=0, le=20)
+    backoff_s: float = Field(default=0.5, ge=0)
+    max_backoff_s: float = Field(default=8.0, ge=0)
+    # Error classes that are retried (see METRICS.md).
+    retry_on: list[str] = Field(default_factory=lambda: ["throttled"])
+
+
+class SageMakerSettings(Section):
+    """Ours: a SageMaker real-time endpoint (deployed for the run, or bring your own)."""
+
+    # Request/response format: tgi, lmi, messages (or one registered by a plugin). Unset:
+    # from inference_spec.container_type, else guessed from the image URI, else tgi.
+    payload_format: str | None = None
+    # Execution role for create_model; unset: aws.sagemaker_execution_role.
+    role_arn: str | None = None
+    # S3 URI of model artifacts (ModelDataUrl); unset: the container loads env HF_MODEL_ID.
+    model_data: str | None = None
+    variant_name: str = "AllTraffic"
+    # Bring your own: the production variant / inference component to call.
+    target_variant: str | None = None
+    inference_component: str | None = None
+    deploy_timeout_s: float = Field(default=3600.0, gt=0)
+    poll_interval_s: float = Field(default=30.0, gt=0)
+    model_data_download_timeout_s: int | None = Field(default=None, ge=60, le=3600)
+    container_startup_health_check_timeout_s: int | None = Field(default=None, ge=60, le=3600)
+    volume_size_gb: int | None = Field(default=None, ge=1, le=512)
+    tags: dict[str, str] = Field(default_factory=dict)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+
+
+class BedrockSettings(Section):
+    """Ours: Amazon Bedrock on demand, by inference profile, or provisioned throughput."""
+
+    # converse: the Converse API (server usage, any model); invoke: InvokeModel with a
+    # model-specific body (see body_format).
+    api: Literal["converse", "invoke"] = "converse"
+    # Model id, inference profile id/ARN or provisioned-throughput ARN; unset: ep_name, else model_id.
+    model_id: str | None = None
+    # invoke only: anthropic, meta, mistral, titan, nova, cohere (or registered); unset: from the model id.
+    body_format: str | None = None
+    additional_model_request_fields: dict[str, Any] = Field(default_factory=dict)
+    retry: RetrySettings = Field(default_factory=RetrySettings)
 
 
 class Experiment(Section):
     fmbench_ignored = frozenset(
         {
-            "model_version", "model_s3_path", "bucket", "accept_eula", "hf_tokenizer_model_id",
-            "serving.properties", "deployment_script", "model_copies", "sagemaker_role",
+            "model_s3_path", "bucket", "hf_tokenizer_model_id",
+            "serving.properties", "model_copies", "sagemaker_role",
             "deploy_docker", "download_model", "tokenizer_dir", "model_loading_timeout",
             "ecr_repo", "region", "agent", "additional_instance_types", "instance_name",
+            "additional_metadata",
         }
     )
 
@@ -181,6 +312,10 @@ class Experiment(Section):
     instance_count: int | None = Field(default=1, ge=1)
     image_uri: str | None = None
     deploy: bool = True
+    # FMBench: "jumpstart.py" makes model_id a JumpStart id (resolved with the SageMaker SDK).
+    deployment_script: str | None = None
+    model_version: str | None = None
+    accept_eula: bool | None = None
     inference_script: str | None = None
     inference_spec: InferenceSpec = Field(default_factory=InferenceSpec)
     payload_files: list[str] = Field(min_length=1)
@@ -188,10 +323,19 @@ class Experiment(Section):
     env: dict[str, Any] | None = None
     # Ours.
     price_per_hour: float | None = Field(default=None, ge=0)
+    # Ours: budgets on any metric by name (METRICS.md), overriding the config-wide ones.
+    budgets: dict[str, Any] = Field(default_factory=dict)
     local: LocalSettings | None = None
     openai: OpenAISettings | None = None
+    sagemaker: SageMakerSettings | None = None
+    bedrock: BedrockSettings | None = None
     load: LoadSettings | None = None
     markers: list[str] = Field(default_factory=list)
+
+    @field_validator("model_version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        return None if value is None else str(value)
 
     @field_validator("concurrency_levels")
     @classmethod
@@ -247,7 +391,7 @@ class Report(Section):
         {
             "per_inference_request_file", "all_metrics_file", "txn_count_for_showing_cost",
             "v_shift_w_single_instance", "v_shift_w_gt_one_instance", "latency_vs_token_len_chart",
-            "accuracy_budget", "accuracy_error_rate_budget",
+            "accuracy_budget", "accuracy_error_rate_budget", "cosine_similarity_budget",
         }
     )
 
@@ -270,6 +414,8 @@ class Config(Section):
     # Ours.
     load: LoadSettings = Field(default_factory=LoadSettings)
     markers: list[str] = Field(default_factory=list)
+    # Budgets on any metric by name (METRICS.md), e.g. {ttft_p95: 0.5}; see budgets.py.
+    budgets: dict[str, Any] = Field(default_factory=dict)
 
     # Set by the loader, not read from YAML.
     source_path: Path | None = Field(default=None, exclude=True)
@@ -277,9 +423,10 @@ class Config(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         names = [e.name for e in self.experiments]
-        for name in names:
-            if names.count(name) > 1:
-                raise ValueError(f"experiment name '{name}' is used twice; names must be unique")
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"experiments[{index}] ({name}).name: experiment name '{name}' "
+                                 "is used twice; names must be unique")
         filters = [f.payload_file for f in self.datasets.filters]
         for index, experiment in enumerate(self.experiments):
             for payload_file in experiment.payload_files:
@@ -296,6 +443,8 @@ class Config(Section):
                     f"'{parameter_set}' is not a section of inference_parameters "
                     f"({_did_you_mean(parameter_set, sorted(self.inference_parameters))})"
                 )
+            for key, problem in self.load_for(experiment).problems():
+                raise ValueError(f"experiments[{index}] ({experiment.name}).load.{key}: {problem}")
         return self
 
     def parameters_for(self, experiment: Experiment) -> dict[str, Any]:
@@ -303,7 +452,12 @@ class Config(Section):
         return dict(self.inference_parameters.get(name, {})) if name else {}
 
     def load_for(self, experiment: Experiment) -> LoadSettings:
-        return self.load.merged(experiment.load)
+        fmbench = {
+            key: value for key in ("min_iters_per_combination", "max_iters_per_combination")
+            if (value := getattr(self.datasets, key)) is not None and getattr(self.load, key) is None
+        }
+        base = self.load.model_copy(update=fmbench) if fmbench else self.load
+        return base.merged(experiment.load)
 
     def experiment(self, name: str) -> Experiment:
         for experiment in self.experiments:

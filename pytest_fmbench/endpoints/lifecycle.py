@@ -36,6 +36,10 @@ class EndpointManager:
         self._live: dict[str, Endpoint] = {}
         self._failed: dict[str, str] = {}
         self._remaining: dict[str, int] = {}
+        # What each endpoint said of itself when deployed (teardown clears live state).
+        self._described: dict[str, dict[str, Any]] = {}
+        # Whether deploy created something (read before teardown resets the endpoint).
+        self._ours: dict[str, bool] = {}
         self._lock = threading.RLock()
 
     def expect(self, counts: Mapping[str, int]) -> None:
@@ -103,16 +107,19 @@ class EndpointManager:
 
     def _event(self, experiment: str, event: str, start: int, error: str,
                endpoint: Endpoint | None) -> None:
+        if event == "deploy" and endpoint is not None:
+            self._ours[experiment] = bool(endpoint.deployed_by_us)
         row: dict[str, Any] = {
             "experiment": experiment, "event": event, "start_ns": start, "end_ns": now_ns(),
             "ok": not error, "error": error,
-            "deployed_by_us": bool(endpoint is not None and endpoint.deployed_by_us),
+            "deployed_by_us": self._ours.get(experiment, False),
         }
-        if endpoint is not None:
+        if endpoint is not None and experiment not in self._described:
             try:
-                row["endpoint"] = endpoint.describe()
+                self._described[experiment] = endpoint.describe()
             except Exception:  # noqa: BLE001 - describing must never break lifecycle
-                row["endpoint"] = {}
+                self._described[experiment] = {}
+        row["endpoint"] = self._described.get(experiment, {})
         self._events_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._events_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row, default=str) + "\n")

@@ -68,7 +68,7 @@ class LocalEndpoint:
         return OpenAIClient(
             self._server.url,
             api=self.settings.api,
-            model=str(self._model_dir),
+            model=self._server.model_id,
             stream=self.experiment.inference_spec.stream,
             timeout_s=self.timeout_s,
             count_tokens=self.context.count_tokens,
@@ -78,6 +78,7 @@ class LocalEndpoint:
         return {
             "backend": "local",
             "url": self._server.url if self._server else None,
+            "pid": self._server.pid if self._server else None,
             "model": self.settings.model,
             "continuous_batching": self.settings.continuous_batching,
         }

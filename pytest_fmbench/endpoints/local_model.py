@@ -1,25 +1,26 @@
 """A small random-weight Llama built offline, and a ``transformers serve`` process to serve it.
 
-Verified with transformers 5.23, torch 2.13 CPU (see the report for numbers; they vary by host):
+Seen with transformers 5.23, torch 2.13 CPU, on 2 cores (re-check before relying on a detail):
 
 - CLI: ``sys.executable -m transformers.cli.transformers serve MODEL_DIR --device cpu --host H
-  --port P [--continuous-batching]``. Passing MODEL_DIR pins the server to it and loads the
-  model before it listens, so ``GET /health`` answering 200 means "ready".
-- The request's ``model`` field may be omitted, or must equal MODEL_DIR exactly as passed on
-  the command line (``LocalServer.model_id``); anything else is HTTP 400 "Server is pinned".
-- Unknown request fields (``ignore_eos``, ``min_tokens``) are rejected with HTTP 422.
-  ``stream_options`` is accepted and ignored. To force exactly N completion tokens send
-  ``"max_tokens": N`` and ``"generation_config": "{\\"min_new_tokens\\": N}"`` (a JSON *string*;
-  it replaces the model's generation config, so put sampling settings in it too).
-- ``/v1/completions`` streams SSE ``data: {...}`` chunks, one text piece each
-  (``choices[0].text``, ``finish_reason`` null), then a last chunk with empty text,
-  ``finish_reason`` "length"/"stop" and ``usage`` {prompt_tokens, completion_tokens,
-  total_tokens}, then ``data: [DONE]``. usage arrives with or without ``stream_options``.
-- ``/v1/chat/completions`` streams ``chat.completion.chunk`` objects: a first chunk with
-  ``delta.role``, one ``delta.content`` per token, and a last chunk with ``finish_reason``
-  and ``usage``.
-- The prompt count includes the BOS token our tokenizer adds.
-- With ``--continuous-batching`` the first request after start is slow (seconds): warm up.
+  --port P [--continuous-batching]``. Naming MODEL_DIR pins the server to it and loads the model
+  before listening, so ``GET /health`` == 200 means ready (~5-7 s after launch, mostly imports).
+- A request's ``model`` may be omitted or must equal MODEL_DIR exactly as passed (``model_id``);
+  anything else is HTTP 400 "Server is pinned". Responses say ``model: "<MODEL_DIR>@main"``.
+- Unknown fields (``ignore_eos``, ``min_tokens``) are HTTP 422. ``stream_options`` is ignored.
+  ``"generation_config": "{\"min_new_tokens\": N}"`` (a JSON *string*) forces N tokens without
+  continuous batching; with it, min_new_tokens is ignored. Our model never picks EOS greedily
+  (its logit row is zero), so completions run to ``max_tokens`` anyway.
+- ``/v1/completions`` with ``stream: true`` sends ``data: {...}`` SSE events, one token each
+  (``choices[0].text``, no finish_reason), then one with empty text, ``finish_reason``
+  ("length"/"stop") and ``usage`` {prompt_tokens, completion_tokens, total_tokens}, with or
+  without ``stream_options``. No ``data: [DONE]`` line follows.
+- ``/v1/chat/completions`` streams ``chat.completion.chunk``: first ``delta.role``, then one
+  ``delta.content`` per token, last ``delta: {}`` + ``finish_reason`` + ``usage``.
+- Prompt counts include the BOS our tokenizer adds (the chat template adds it once too).
+- ``/v1/models`` lists only the hub cache (an empty list here), not the pinned model.
+- Without CB, concurrent requests are served one at a time; with CB they are batched, but
+  the KV cache must be sized by hand on CPU (see ``CB_CPU_DEFAULTS``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import Any, TypeVar
 
 from pytest_fmbench.errors import EndpointError
 
@@ -67,6 +68,11 @@ PRESETS: dict[str, dict[str, int]] = {
     "small": {"hidden_size": 512, "num_hidden_layers": 8, "num_attention_heads": 8,
               "intermediate_size": 1376, "vocab_size": 8000},
 }
+
+# Loopback only: an http_proxy in the environment must never see these requests.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+_Server = TypeVar("_Server", bound="LocalServer")
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 CHAT_TEMPLATE = (
@@ -163,6 +169,8 @@ def _build_and_publish(spec: ModelSpec, root: Path, target: Path) -> None:
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the published model should be readable
     try:
         _build_into(spec, tmp)
+        for item in tmp.iterdir():  # safetensors writes 0600 files; the cache may be shared
+            os.chmod(item, 0o644)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -233,10 +241,11 @@ def _save_model(spec: ModelSpec, tokenizer: Any, out: Path) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    ids = {name: tokenizer.token_to_id(tok) for name, tok in
+    ids: dict[str, Any] = {name: tokenizer.token_to_id(tok) for name, tok in
            (("pad_token_id", PAD), ("bos_token_id", BOS), ("eos_token_id", EOS))}
+    arch: dict[str, Any] = spec.architecture()
     config = LlamaConfig(max_position_embeddings=spec.max_position_embeddings,
-                         tie_word_embeddings=False, **spec.architecture(), **ids)
+                         tie_word_embeddings=False, **arch, **ids)
     # fork_rng keeps the caller's global RNG state untouched by our seeding.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
@@ -269,7 +278,6 @@ class LocalServer:
         self.startup_timeout_s = startup_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
-        self._log: IO[bytes] | None = None
         self._finalizer: weakref.finalize | None = None
 
     # -- properties
@@ -324,9 +332,6 @@ class LocalServer:
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     def warm_up(self, requests: int = 3, max_tokens: int = 8) -> None:
         """Send a few throwaway completions: the first ones are slow (seconds with CB)."""
@@ -336,10 +341,10 @@ class LocalServer:
         for _ in range(requests):
             req = urllib.request.Request(f"{self.url}/v1/completions", data=body,
                                          headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=self.startup_timeout_s) as resp:
+            with _OPENER.open(req, timeout=self.startup_timeout_s) as resp:
                 resp.read()
 
-    def __enter__(self) -> LocalServer:
+    def __enter__(self: _Server) -> _Server:  # noqa: PYI019 - typing.Self needs Python 3.11
         self.start()
         return self
 
@@ -353,7 +358,7 @@ class LocalServer:
         cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", self.model_id,
                "--device", "cpu", "--host", self.host, "--port", str(port)]
         if self.continuous_batching:
-            cmd.append("--continuous-batching")
+            cmd += ["--continuous-batching", *_cb_cpu_defaults(self.extra_args)]
         return cmd + list(self.extra_args)
 
     def _check_model_dir(self) -> None:
@@ -369,12 +374,13 @@ class LocalServer:
             os.close(fd)
             self.log_path = Path(name)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")
         self._port = port
-        self._proc = subprocess.Popen(
-            self.command(port), stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, env=_server_env(), start_new_session=True,
-            preexec_fn=_die_with_parent_fn())
+        # The child gets its own copy of the descriptor, so ours can close right away.
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                self.command(port), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, env=_server_env(), start_new_session=True,
+                preexec_fn=_die_with_parent_fn())  # noqa: PLW1509 - only prctl and getppid
         # Last resort for a forgotten stop(): runs at interpreter exit or garbage collection.
         self._finalizer = weakref.finalize(self, _kill_group, self._proc.pid)
 
@@ -392,8 +398,6 @@ class LocalServer:
         return f"did not answer {self.url}/health within {self.startup_timeout_s:g} s"
 
     def _log_tail(self, lines: int = 20) -> str:
-        if self._log is not None:
-            self._log.flush()
         try:
             text = Path(str(self.log_path)).read_text(errors="replace")
         except OSError:
@@ -404,6 +408,21 @@ class LocalServer:
         message = (f"transformers serve for {self.model_dir} {failure}; log {self.log_path}, "
                    f"last lines:\n{log_tail}")
         return EndpointError(message, file=str(self.log_path), fix=_fix_for(log_tail))
+
+
+# Without limits CB sizes its KV cache from free RAM on CPU: ~9 GB for the tiny model, a 15-30 s
+# first request and slow steps (its attention mask grows with the cache). These keep it ~0.75 GB
+# (16k tokens of cache) and the first request < 1 s.
+CB_CPU_DEFAULTS = {"--cb-num-blocks": "64", "--cb-max-batch-tokens": "1024"}
+CB_SIZING_FLAGS = ("--cb-num-blocks", "--cb-max-batch-tokens", "--cb-max-memory-percent")
+
+
+def _cb_cpu_defaults(extra_args: Sequence[str]) -> list[str]:
+    """Our cache sizing flags, unless the caller sized the cache themselves."""
+    given = {arg.split("=", 1)[0] for arg in extra_args}
+    if given.intersection(CB_SIZING_FLAGS):
+        return []
+    return [item for pair in CB_CPU_DEFAULTS.items() for item in pair]
 
 
 def _url_host(host: str) -> str:
@@ -436,10 +455,11 @@ def _die_with_parent_fn() -> Any:
     if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
         return None
     parent = os.getpid()
+    # Resolved before fork: the child of a threaded parent must not take loader locks.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
 
     def preexec() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 == PR_SET_PDEATHSIG
+        prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 == PR_SET_PDEATHSIG
         if os.getppid() != parent:  # the parent died before prctl took effect
             os._exit(1)
 
@@ -448,7 +468,7 @@ def _die_with_parent_fn() -> Any:
 
 def _health_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2.0) as resp:
+        with _OPENER.open(f"{url}/health", timeout=2.0) as resp:
             return int(resp.status) == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False

@@ -1,8 +1,18 @@
 """OpenAI-compatible HTTP client (``/v1/completions``, ``/v1/chat/completions``), streamed.
 
-Written once and used by every backend that speaks this API (local, openai). The hot path
-timestamps each chunk as it arrives and does only what the record needs: find whether the
-chunk carries content, and keep the last ``usage`` seen.
+Written once and used by every backend that speaks this API (local, openai). The client must
+never be the bottleneck, so the hot path does only what the record needs:
+
+- each network read is timestamped as it arrives; every SSE event in it shares that time;
+- an event is parsed as JSON only when it may matter (the first content chunk, the finish
+  chunk, usage, errors, reasoning, anything unusual). From the first content chunk it parses,
+  the client learns the chunk's *shape*: the bytes before and after the text. A later event
+  with the same prefix and suffix is a content chunk of the same request, recognised with two
+  byte comparisons (~0.3 µs instead of ~3 µs for ``json.loads``); its raw text is kept and
+  decoded once, after the last byte;
+- the request body of each payload is encoded once and reused;
+- the connection pool (aiohttp) is shared by every request of the client, and the stream is
+  read to its end so connections are reused.
 """
 
 from __future__ import annotations
@@ -26,6 +36,9 @@ _DROPPED_PARAMETERS = frozenset(
      "truncate", "watermark", "stream"}
 )
 _RENAMED_PARAMETERS = {"max_new_tokens": "max_tokens"}
+# How long to wait for a stream's end after [DONE] before giving its connection up.
+_DRAIN_S = 2.0
+_BODY_CACHE_SIZE = 65536
 
 
 def openai_parameters(parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -47,7 +60,11 @@ def classify_status(status: int) -> str:
 
 
 class OpenAIClient:
-    """Sends one request per ``invoke`` over a shared connection pool."""
+    """Sends one request per ``invoke`` over a shared connection pool.
+
+    Picklable before and after use (the pool is not carried over), so ``load.processes`` can
+    hand it to other processes; each opens its own pool on first use.
+    """
 
     def __init__(
         self,
@@ -74,8 +91,21 @@ class OpenAIClient:
         # Optional ``(text) -> int`` used when the server reports no usage.
         self.count_tokens = count_tokens
         self._session: aiohttp.ClientSession | None = None
+        self._bodies: dict[int, tuple[InferenceRequest, bytes]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_session"] = None
+        state["_bodies"] = {}
+        return state
+
+    def __repr__(self) -> str:  # never the headers: they may carry an API key
+        return f"OpenAIClient({self.url!r}, model={self.model!r}, stream={self.stream})"
 
     def _body(self, request: InferenceRequest) -> bytes:
+        cached = self._bodies.get(id(request))
+        if cached is not None and cached[0] is request:
+            return cached[1]
         body: dict[str, Any] = {}
         if self.model is not None:
             body["model"] = self.model
@@ -88,13 +118,19 @@ class OpenAIClient:
         body["stream"] = self.stream
         if self.stream:
             body["stream_options"] = {"include_usage": True}
-        return json.dumps(body).encode()
+        data = json.dumps(body).encode()
+        if len(self._bodies) < _BODY_CACHE_SIZE:
+            # Keyed by identity and holding the request, so an id is never reused meanwhile.
+            self._bodies[id(request)] = (request, data)
+        return data
 
     def _session_or_new(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
+        session = self._session
+        if session is None or session.closed:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
-        return self._session
+            session = self._session = aiohttp.ClientSession(connector=connector,
+                                                            timeout=self.timeout)
+        return session
 
     async def invoke(self, request: InferenceRequest) -> InferenceResult:
         session = self._session_or_new()
@@ -107,10 +143,11 @@ class OpenAIClient:
                     result.error = classify_status(response.status)
                     result.error_detail = (await response.text())[:500]
                 elif self.stream:
-                    await self._read_stream(response, result)
+                    await _read_stream(response, result)
                 else:
-                    self._read_body(await response.read(), result)
-        except asyncio.TimeoutError:
+                    _read_body(await response.read(), result)
+                    result.last_byte_ns = now_ns()
+        except TimeoutError:
             result.error, result.error_detail = "timeout", f"no complete response in {self.timeout.total} s"
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
             started = result.first_token_ns is not None or result.status is not None
@@ -120,71 +157,11 @@ class OpenAIClient:
             result.error, result.error_detail = "connection", f"{type(exc).__name__}: {exc}"[:500]
         except aiohttp.ClientError as exc:
             result.error, result.error_detail = "client", f"{type(exc).__name__}: {exc}"[:500]
-        result.last_byte_ns = now_ns()
+        if not result.last_byte_ns or result.error:
+            result.last_byte_ns = now_ns()
         if not result.error:
             self._fill_tokens(request, result)
         return result
-
-    async def _read_stream(self, response: aiohttp.ClientResponse, result: InferenceResult) -> None:
-        texts: list[str] = []
-        last_chunk_ns = 0
-        done = False
-        finished = False
-        usage: dict[str, Any] | None = None
-        async for raw in response.content:
-            arrived = now_ns()
-            line = raw.strip()
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                done = True
-                break
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                result.error, result.error_detail = "bad_response", payload[:200].decode(errors="replace")
-                return
-            if isinstance(chunk, dict) and "error" in chunk:
-                result.error = "http_5xx"
-                result.error_detail = json.dumps(chunk["error"])[:500]
-                return
-            usage = chunk.get("usage") or usage
-            for choice in chunk.get("choices") or ():
-                text, reasoning = _choice_text(choice)
-                if reasoning and result.first_reasoning_ns is None:
-                    result.first_reasoning_ns = arrived
-                if text:
-                    if result.first_token_ns is None:
-                        result.first_token_ns = arrived
-                    else:
-                        result.itl_us.append((arrived - last_chunk_ns) // 1000)
-                    last_chunk_ns = arrived
-                    texts.append(text)
-                if choice.get("finish_reason"):
-                    finished = True
-        if not (done or finished):
-            result.error = "stream_truncated"
-            result.error_detail = "the stream ended before [DONE] or a finish_reason"
-        result.text = "".join(texts)
-        if usage:
-            _apply_usage(usage, result)
-        elif result.first_token_ns is not None:
-            # Without usage, content chunks are the best count we have until the tokenizer.
-            result.completion_tokens = len(result.itl_us) + 1
-            result.token_source = "estimate"
-
-    def _read_body(self, body: bytes, result: InferenceResult) -> None:
-        try:
-            data = json.loads(body)
-            choice = data["choices"][0]
-        except (ValueError, KeyError, IndexError, TypeError):
-            result.error, result.error_detail = "bad_response", body[:200].decode(errors="replace")
-            return
-        text, _ = _choice_text(choice)
-        result.text = text or ""
-        if data.get("usage"):
-            _apply_usage(data["usage"], result)
 
     def _fill_tokens(self, request: InferenceRequest, result: InferenceResult) -> None:
         if result.token_source == "server":
@@ -201,6 +178,181 @@ class OpenAIClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+async def _read_stream(response: aiohttp.ClientResponse, result: InferenceResult) -> None:
+    """Read an SSE stream to its end, timestamping content chunks as they arrive."""
+    content = response.content
+    readany = content.readany
+    itl = result.itl_us
+    # Content pieces: raw JSON string bodies (bytes, fast path) or decoded text (str).
+    parts: list[bytes | str] = []
+    usage: Mapping[str, Any] | None = None
+    finished = done = False
+    last = 0
+    prefix = suffix = b""
+    shape_len = 1 << 30  # no shape learnt yet: nothing matches
+    pending = b""
+    while True:
+        data = await readany()
+        if not data:
+            break
+        arrived = now_ns()
+        if pending:
+            data = pending + data
+        lines = data.split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue  # blank separators, comments, event:/id: fields
+            payload = line[5:].strip()
+            if len(payload) > shape_len and payload.startswith(prefix) and payload.endswith(suffix):
+                # A content chunk shaped like the last parsed one (the hot path).
+                if last:
+                    itl.append((arrived - last) // 1000)
+                else:
+                    result.first_token_ns = arrived
+                last = arrived
+                parts.append(payload[len(prefix):len(payload) - len(suffix)])
+                continue
+            if payload == b"[DONE]":
+                done = True
+                result.last_byte_ns = arrived
+                continue
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                result.error, result.error_detail = "bad_response", payload[:200].decode(errors="replace")
+                return
+            if not isinstance(chunk, dict):
+                result.error, result.error_detail = "bad_response", payload[:200].decode(errors="replace")
+                return
+            if "error" in chunk:
+                result.error = "http_5xx"
+                result.error_detail = json.dumps(chunk["error"])[:500]
+                return
+            chunk_usage = chunk.get("usage")
+            usage = chunk_usage or usage
+            choices = chunk.get("choices") or ()
+            plain_text = len(choices) == 1 and not chunk_usage
+            for choice in choices:
+                text, reasoning = _choice_text(choice)
+                if reasoning:
+                    plain_text = False
+                    if result.first_reasoning_ns is None:
+                        result.first_reasoning_ns = arrived
+                if text:
+                    if last:
+                        itl.append((arrived - last) // 1000)
+                    else:
+                        result.first_token_ns = arrived
+                    last = arrived
+                    parts.append(text)
+                else:
+                    plain_text = False
+                if choice.get("finish_reason"):
+                    finished = True
+                    plain_text = False
+            if plain_text:
+                # Learn this content chunk's shape: later ones like it skip the JSON parser.
+                shape = _content_shape(payload)
+                if shape is not None:
+                    prefix, suffix = shape
+                    shape_len = len(prefix) + len(suffix)
+        if done and content.at_eof():
+            break
+    if done and not content.at_eof():
+        await _drain(content)
+    if not result.last_byte_ns:
+        result.last_byte_ns = now_ns()
+    if not (done or finished):
+        result.error = "stream_truncated"
+        result.error_detail = "the stream ended before [DONE] or a finish_reason"
+    result.text = _join_text(parts)
+    if usage:
+        _apply_usage(usage, result)
+    elif result.first_token_ns is not None:
+        # Without usage, content chunks are the best count we have until the tokenizer.
+        result.completion_tokens = len(itl) + 1
+        result.token_source = "estimate"
+
+
+async def _drain(content: aiohttp.StreamReader) -> None:
+    """After [DONE], read to the end so the connection is reused; give up after a while."""
+    try:
+        async with asyncio.timeout(_DRAIN_S):
+            while await content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientError):
+        pass  # the response is complete; only this connection is lost
+
+
+def _content_shape(payload: bytes) -> tuple[bytes, bytes] | None:
+    """(prefix, suffix) around the one text value of a content chunk, or None if unclear."""
+    keys = [k for k in (b'"text":', b'"content":') if k in payload]
+    if len(keys) != 1 or payload.count(keys[0]) != 1:
+        return None
+    start = payload.index(keys[0]) + len(keys[0])
+    while payload[start:start + 1] == b" ":
+        start += 1
+    if payload[start:start + 1] != b'"':
+        return None
+    start += 1
+    end = start
+    while True:
+        end = payload.find(b'"', end)
+        if end < 0:
+            return None
+        backslashes = 0
+        while payload[end - 1 - backslashes] == 0x5C:  # "\\"
+            backslashes += 1
+        if backslashes % 2 == 0:
+            break
+        end += 1
+    if end == start:
+        return None
+    return payload[:start], payload[end:]
+
+
+def _join_text(parts: list[bytes | str]) -> str:
+    if not parts:
+        return ""
+    if all(isinstance(p, str) for p in parts):
+        return "".join(parts)  # type: ignore[arg-type]
+    out = []
+    raw: list[bytes] = []
+    for part in parts:
+        if isinstance(part, bytes):
+            raw.append(part)
+            continue
+        if raw:
+            out.append(_decode_raw(raw))
+            raw = []
+        out.append(part)
+    if raw:
+        out.append(_decode_raw(raw))
+    return "".join(out)
+
+
+def _decode_raw(raw: list[bytes]) -> str:
+    try:
+        text: str = json.loads(b'"' + b"".join(raw) + b'"')
+        return text
+    except ValueError:
+        return b"".join(raw).decode(errors="replace")
+
+
+def _read_body(body: bytes, result: InferenceResult) -> None:
+    try:
+        data = json.loads(body)
+        choice = data["choices"][0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        result.error, result.error_detail = "bad_response", body[:200].decode(errors="replace")
+        return
+    text, _ = _choice_text(choice)
+    result.text = text or ""
+    if data.get("usage"):
+        _apply_usage(data["usage"], result)
 
 
 def _choice_text(choice: Mapping[str, Any]) -> tuple[str | None, str | None]:

@@ -8,7 +8,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from pytest_fmbench.config.model import Config, Experiment
+from pytest_fmbench.config.model import Config, Experiment, is_import_path
 from pytest_fmbench.endpoints.base import Endpoint
 
 ENTRY_POINT_GROUP = "pytest_fmbench.backends"
@@ -44,7 +44,7 @@ def backend_names() -> list[str]:
 
 
 def backend_factory(name: str) -> EndpointFactory:
-    target = _BUILTIN.get(name)
+    target = _BUILTIN.get(name) or (name if is_import_path(name) else None)
     if target is None:
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if ep.name == name:
@@ -55,6 +55,20 @@ def backend_factory(name: str) -> EndpointFactory:
     # Imported lazily: backends pull heavy or optional dependencies (boto3, transformers).
     factory = getattr(importlib.import_module(module_name), attr)
     return factory  # type: ignore[no-any-return]
+
+
+def preflight(config: Config) -> None:
+    """Checks each backend can make before anything is deployed (raise ``ConfigError``).
+
+    A backend's factory may define ``preflight(config, experiment)``: missing region or
+    credentials, an unknown instance price, a missing role. Run at configure time, so a
+    mistake costs no money and ends as one usage error.
+    """
+    for experiment in config.experiments:
+        factory = backend_factory(experiment.resolved_backend or "")
+        check = getattr(factory, "preflight", None)
+        if check is not None:
+            check(config, experiment)
 
 
 def create_endpoint(config: Config, experiment: Experiment, context: EndpointContext) -> Endpoint:

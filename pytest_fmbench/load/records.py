@@ -52,6 +52,13 @@ class RequestRecord:
     worker: str = ""
     # Gaps between consecutive content chunks, in microseconds (ITL, pooled later).
     itl_us: list[int] = dataclasses.field(default_factory=list)
+    # The client's own overhead (pytest_fmbench.load): rate pattern only, the arrival found
+    # the in-flight bound reached and waited for a slot (its wait is sent - scheduled);
+    # the worst event-loop lag seen while it was in flight; and whether the client was
+    # saturated for it (sent late, or loop lag, beyond load.saturation_ms).
+    queued: bool = False
+    loop_lag_us: int | None = None
+    saturated: bool = False
 
     @property
     def ok(self) -> bool:
@@ -85,7 +92,6 @@ class RecordWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[str] | None = None
         self._lock = threading.Lock()
         self.count = 0
@@ -94,6 +100,7 @@ class RecordWriter:
         line = record.to_json() + "\n"
         with self._lock:
             if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
             self._file.write(line)
             self._file.flush()

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 
 from pytest_fmbench.clock import now_ns
 from pytest_fmbench.endpoints.base import EndpointClient, InferenceRequest, InferenceResult
+from pytest_fmbench.load.patterns import Dispatcher, LoadPlan
+
+# Extra time a client gets beyond its own timeout before the wave gives up on it.
+HANG_GRACE_S = 5.0
 
 # (request id, wave, scheduled ns, request, result): called as each request completes.
 OnResult = Callable[[int, int, int, InferenceRequest, InferenceResult], None]
@@ -75,7 +79,7 @@ async def _one(
     sent = now_ns()
     try:
         # The client enforces the timeout itself; this bound only catches a client that hangs.
-        result = await asyncio.wait_for(client.invoke(request), timeout_s + 5.0)
+        result = await asyncio.wait_for(client.invoke(request), timeout_s + HANG_GRACE_S)
     except asyncio.TimeoutError:
         result = InferenceResult(sent_ns=sent, last_byte_ns=now_ns(), error="timeout",
                                  error_detail=f"no response within {timeout_s} s")
@@ -83,3 +87,21 @@ async def _one(
         result = InferenceResult(sent_ns=sent, last_byte_ns=now_ns(), error="client",
                                  error_detail=f"{type(exc).__name__}: {exc}"[:500])
     on_result(request_id, wave, scheduled, request, result)
+
+
+class WavesPattern:
+    """``run_waves`` as a load pattern (``load/patterns.py``): same waves, same records."""
+
+    name = "waves"
+
+    async def run(self, plan: LoadPlan, requests: Sequence[InferenceRequest],
+                  dispatcher: Dispatcher) -> None:
+        waves = WavePlan(plan.concurrency, plan.waves)
+        request_id = 0
+        send = dispatcher.send
+        for wave in range(waves.waves):
+            batch = wave_requests(requests, waves, wave)
+            scheduled = now_ns()
+            await asyncio.gather(*(send(request_id + slot, request, scheduled, wave=wave)
+                                   for slot, request in enumerate(batch)))
+            request_id += len(batch)

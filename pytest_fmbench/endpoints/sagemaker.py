@@ -1,0 +1,552 @@
+"""The SageMaker backend: real-time endpoints, deployed for the run or brought by the user.
+
+Deploy (``deploy: yes``) is plain boto3: ``create_model`` → ``create_endpoint_config`` →
+``create_endpoint``, then ``describe_endpoint`` until ``InService`` (progress lines, a
+timeout). Each resource is named ``<ep_name>-<token>`` (the token derived from the run id and
+experiment) and tagged ``fmbench:run-id`` / ``fmbench:experiment``, so leftovers of a killed
+machine can be found. A failed or timed-out deployment raises with SageMaker's
+FailureReason and deletes what was created. Teardown deletes exactly what this object
+created; a bring-your-own endpoint (``deploy: no``, ``ep_name``) is never deleted.
+
+JumpStart model ids (FMBench's ``deployment_script: jumpstart.py``) are resolved to a
+container with the SageMaker Python SDK 2.x (optional, imported lazily); the resources are
+still created, tagged and deleted here.
+
+Requests go through sagemaker-runtime ``invoke_endpoint`` or
+``invoke_endpoint_with_response_stream`` (``inference_spec.stream``), with the body and
+reply format chosen by ``sagemaker.payload_format`` / ``inference_spec.container_type``
+(see ``sagemaker_formats``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pytest_fmbench.clock import now_ns
+from pytest_fmbench.config.model import Config, Experiment, SageMakerSettings
+from pytest_fmbench.endpoints import aws
+from pytest_fmbench.endpoints.base import EndpointClient, InferenceRequest, InferenceResult
+from pytest_fmbench.endpoints.registry import EndpointContext
+from pytest_fmbench.endpoints.sagemaker_formats import (
+    Completion,
+    FormatError,
+    PayloadFormat,
+    ServerStreamError,
+    format_names,
+    get_format,
+    guess_format,
+)
+from pytest_fmbench.errors import ConfigError, EndpointError
+
+RUN_ID_TAG = "fmbench:run-id"
+EXPERIMENT_TAG = "fmbench:experiment"
+CREATED_BY_TAG = "fmbench:created-by"
+JUMPSTART_HINT = "pip install 'pytest-fmbench[jumpstart]' (the SageMaker Python SDK 2.x)"
+
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9]+")
+_TAG_UNSAFE = re.compile(r"[^\w\s.:/=+\-@]+")
+# Resource kinds in creation order; teardown goes in reverse.
+KINDS = ("model", "endpoint-config", "endpoint")
+_FAILED_STATES = ("Failed", "OutOfService", "Deleting", "RollingBack", "UpdateRollbackFailed")
+
+
+def resource_name(base: str, run_id: str, experiment: str) -> str:
+    """``<base>-<10 hex>``: ≤ 63 characters, SageMaker's name pattern, unique per run/experiment."""
+    token = hashlib.sha256(f"{run_id}/{experiment}".encode()).hexdigest()[:10]
+    stem = _NAME_UNSAFE.sub("-", base).strip("-")[: 63 - 11].strip("-") or "fmbench"
+    return f"{stem}-{token}"
+
+
+def is_jumpstart(experiment: Experiment) -> bool:
+    return (experiment.deployment_script or "").strip().lower().startswith("jumpstart")
+
+
+def format_name(experiment: Experiment) -> str:
+    settings = experiment.sagemaker or SageMakerSettings()
+    if settings.payload_format:
+        return settings.payload_format
+    return guess_format(experiment.inference_spec.container_type, experiment.image_uri)
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class SageMakerEndpoint:
+    def __init__(self, config: Config, experiment: Experiment, context: EndpointContext) -> None:
+        self.name = experiment.name
+        self.config = config
+        self.experiment = experiment
+        self.context = context
+        self.settings = experiment.sagemaker or SageMakerSettings()
+        self.timeout_s = config.load_for(experiment).request_timeout_s or 120.0
+        self.stream = experiment.inference_spec.stream
+        self.format_name = format_name(experiment)
+        try:
+            self.format: PayloadFormat = get_format(self.format_name)
+        except KeyError:
+            raise _unknown_format(experiment, self.format_name) from None
+        if experiment.deploy:
+            self.endpoint_name = resource_name(experiment.ep_name or experiment.name,
+                                               context.run_id, experiment.name)
+        else:
+            if not experiment.ep_name:
+                raise _missing_ep_name(experiment)
+            self.endpoint_name = experiment.ep_name
+        self.instance_type = experiment.instance_type
+        self.instance_count = experiment.instance_count or 1
+        self._created: list[tuple[str, str]] = []
+        self._pending: list[tuple[str, str]] = []
+        self._session: Any = None
+        self._control: Any = None
+        self._runtime: Any = None
+
+    # -- checks before money is spent --------------------------------------------------
+    @classmethod
+    def preflight(cls, config: Config, experiment: Experiment) -> None:
+        where = f"experiments ({experiment.name})"
+        settings = experiment.sagemaker or SageMakerSettings()
+        name = format_name(experiment)
+        if name not in format_names():
+            raise _unknown_format(experiment, name)
+        if experiment.deploy:
+            role = settings.role_arn or config.aws.sagemaker_execution_role
+            if not role:
+                raise ConfigError(
+                    f"{where} deploys a SageMaker endpoint but no execution role is set",
+                    key="aws.sagemaker_execution_role",
+                    fix="set aws.sagemaker_execution_role (FMBench's {role_arn}: export "
+                    "FMBENCH_ROLE_ARN=arn:aws:iam::<account>:role/<name>) or sagemaker.role_arn",
+                )
+            if not aws.ROLE_ARN.match(role):
+                raise ConfigError(
+                    f"'{role}' is not an IAM role ARN",
+                    key="aws.sagemaker_execution_role",
+                    fix="give the role's ARN, arn:aws:iam::<12-digit account>:role/<name>",
+                )
+            if not experiment.instance_type:
+                raise ConfigError(f"{where} deploys but has no instance_type",
+                                  key=f"{where}.instance_type",
+                                  fix="set instance_type, e.g. ml.g5.2xlarge")
+            if is_jumpstart(experiment):
+                if not experiment.model_id:
+                    raise ConfigError(f"{where} uses jumpstart.py but has no model_id",
+                                      key=f"{where}.model_id",
+                                      fix="set model_id to the JumpStart model id")
+                if importlib.util.find_spec("sagemaker") is None:
+                    raise ConfigError(
+                        f"{where} deploys the JumpStart model '{experiment.model_id}', which "
+                        "needs the SageMaker Python SDK to resolve, and it is not installed",
+                        key=f"{where}.deployment_script",
+                        fix=f"{JUMPSTART_HINT}, or give image_uri and env (HF_MODEL_ID) "
+                        "and drop deployment_script",
+                    )
+            elif not experiment.image_uri:
+                raise ConfigError(f"{where} deploys but has no image_uri",
+                                  key=f"{where}.image_uri",
+                                  fix="set image_uri to the serving container (TGI, LMI, vLLM)")
+        elif not experiment.ep_name:
+            raise _missing_ep_name(experiment)
+        aws.check_region_and_credentials(config, experiment)
+
+    # -- clients -----------------------------------------------------------------------
+    def _boto_session(self) -> Any:
+        if self._session is None:
+            self._session = aws.session(self.config)
+        return self._session
+
+    def control(self) -> Any:
+        if self._control is None:
+            self._control = self._boto_session().client(
+                "sagemaker", config=aws.client_config(timeout_s=60.0))
+        return self._control
+
+    def runtime(self) -> Any:
+        if self._runtime is None:
+            self._runtime = self._boto_session().client(
+                "sagemaker-runtime",
+                config=aws.client_config(workers=aws.max_concurrency(self.experiment),
+                                         timeout_s=self.timeout_s))
+        return self._runtime
+
+    def _log(self, message: str) -> None:
+        self.context.log(f"[fmbench] {self.name}: {message}")
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def deployed_by_us(self) -> bool:
+        return bool(self._created or self._pending)
+
+    def deploy(self) -> None:
+        if not self.experiment.deploy:
+            self._check_existing()
+            return
+        try:
+            self._create_all()
+            self._wait_in_service()
+        except BaseException:
+            # Whatever failed (or Ctrl-C), nothing this run created may be left behind.
+            try:
+                self.teardown()
+            except Exception as exc:  # noqa: BLE001 - report the deploy error, not this one
+                self._log(f"cleanup after the failed deployment failed: {exc}")
+            raise
+
+    def _container(self) -> dict[str, Any]:
+        experiment = self.experiment
+        env = {str(k): _env_value(v) for k, v in (experiment.env or {}).items() if v is not None}
+        if is_jumpstart(experiment):
+            return self._jumpstart_container(env)
+        container: dict[str, Any] = {"Image": experiment.image_uri, "Environment": env}
+        if self.settings.model_data:
+            container["ModelDataUrl"] = self.settings.model_data
+        elif "HF_MODEL_ID" not in env and experiment.model_id:
+            env["HF_MODEL_ID"] = experiment.model_id
+        return container
+
+    def _jumpstart_container(self, env: dict[str, str]) -> dict[str, Any]:
+        experiment = self.experiment
+        try:
+            import sagemaker.session
+            from sagemaker.jumpstart.model import JumpStartModel
+        except ImportError:
+            raise EndpointError(
+                f"JumpStart model '{experiment.model_id}' needs the SageMaker Python SDK 2.x",
+                key=f"experiments ({experiment.name}).deployment_script",
+                fix=JUMPSTART_HINT,
+            ) from None
+        sdk_session = sagemaker.session.Session(boto_session=self._boto_session(),
+                                                sagemaker_client=self.control())
+        try:
+            model = JumpStartModel(
+                model_id=experiment.model_id, model_version=experiment.model_version or "*",
+                image_uri=experiment.image_uri or None, env=env or None, role=self._role(),
+                instance_type=experiment.instance_type, sagemaker_session=sdk_session,
+            )
+            try:
+                container = model.prepare_container_def(
+                    instance_type=experiment.instance_type, accept_eula=experiment.accept_eula)
+            except TypeError:  # older SDKs: no accept_eula
+                container = model.prepare_container_def(instance_type=experiment.instance_type)
+        except Exception as exc:  # noqa: BLE001 - the SDK raises many kinds
+            raise EndpointError(
+                f"resolving JumpStart model '{experiment.model_id}' failed: {exc}",
+                key=f"experiments ({experiment.name}).model_id",
+                fix="check the JumpStart model id and version, and the region",
+            ) from exc
+        return dict(container)
+
+    def _role(self) -> str:
+        role = self.settings.role_arn or self.config.aws.sagemaker_execution_role
+        if not role:
+            raise EndpointError("no execution role", key="aws.sagemaker_execution_role")
+        return role
+
+    def _tags(self) -> list[dict[str, str]]:
+        tags = {
+            RUN_ID_TAG: self.context.run_id,
+            EXPERIMENT_TAG: _TAG_UNSAFE.sub("-", self.experiment.name)[:256],
+            CREATED_BY_TAG: "pytest-fmbench",
+            **self.settings.tags,
+        }
+        return [{"Key": k, "Value": v} for k, v in tags.items()]
+
+    def _create(self, kind: str, call: Callable[[], Any]) -> None:
+        item = (kind, self.endpoint_name)
+        # Recorded before the call: a Ctrl-C while it is in flight still gets it checked.
+        self._pending.append(item)
+        call()
+        self._pending.remove(item)
+        self._created.append(item)
+
+    def _create_all(self) -> None:
+        sm = self.control()
+        name = self.endpoint_name
+        tags = self._tags()
+        container = self._container()
+        role = self._role()
+        self._log(f"creating SageMaker model, endpoint config and endpoint '{name}' "
+                  f"({self.instance_count} x {self.instance_type}, image {container.get('Image')})")
+        self._create("model", lambda: sm.create_model(
+            ModelName=name, PrimaryContainer=container, ExecutionRoleArn=role, Tags=tags))
+        variant: dict[str, Any] = {
+            "VariantName": self.settings.variant_name,
+            "ModelName": name,
+            "InitialInstanceCount": self.instance_count,
+            "InstanceType": self.instance_type,
+            "InitialVariantWeight": 1.0,
+        }
+        if self.settings.model_data_download_timeout_s:
+            variant["ModelDataDownloadTimeoutInSeconds"] = self.settings.model_data_download_timeout_s
+        if self.settings.container_startup_health_check_timeout_s:
+            variant["ContainerStartupHealthCheckTimeoutInSeconds"] = (
+                self.settings.container_startup_health_check_timeout_s)
+        if self.settings.volume_size_gb:
+            variant["VolumeSizeInGB"] = self.settings.volume_size_gb
+        self._create("endpoint-config", lambda: sm.create_endpoint_config(
+            EndpointConfigName=name, ProductionVariants=[variant], Tags=tags))
+        self._create("endpoint", lambda: sm.create_endpoint(
+            EndpointName=name, EndpointConfigName=name, Tags=tags))
+
+    def _wait_in_service(self) -> None:
+        sm = self.control()
+        timeout = self.settings.deploy_timeout_s
+        started = time.monotonic()
+        last_status, last_line = "", started
+        while True:
+            description = sm.describe_endpoint(EndpointName=self.endpoint_name)
+            status = description.get("EndpointStatus", "")
+            elapsed = time.monotonic() - started
+            if status == "InService":
+                self._log(f"endpoint '{self.endpoint_name}' is InService after {elapsed:.0f} s")
+                return
+            if status in _FAILED_STATES:
+                reason = description.get("FailureReason") or "no FailureReason given"
+                raise EndpointError(
+                    f"SageMaker endpoint '{self.endpoint_name}' is {status}: {reason}",
+                    key=f"experiments ({self.name})",
+                    fix="see the FailureReason and the endpoint's CloudWatch logs "
+                    f"(/aws/sagemaker/Endpoints/{self.endpoint_name}); what was created is deleted",
+                )
+            if status != last_status or time.monotonic() - last_line >= 60:
+                self._log(f"endpoint '{self.endpoint_name}' is {status or 'unknown'} "
+                          f"({elapsed:.0f} s of at most {timeout:.0f} s)")
+                last_status, last_line = status, time.monotonic()
+            if elapsed >= timeout:
+                raise EndpointError(
+                    f"SageMaker endpoint '{self.endpoint_name}' is still {status} after "
+                    f"{timeout:.0f} s",
+                    key=f"experiments ({self.name}).sagemaker.deploy_timeout_s",
+                    fix="raise sagemaker.deploy_timeout_s (large models take long to load); "
+                    "what was created is deleted",
+                )
+            time.sleep(max(0.0, min(self.settings.poll_interval_s, timeout - elapsed)))
+
+    def _check_existing(self) -> None:
+        """Bring your own: the endpoint must exist and serve; learn its instance type."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        sm = self.control()
+        try:
+            description = sm.describe_endpoint(EndpointName=self.endpoint_name)
+        except ClientError as exc:
+            code = aws.error_code(exc)
+            if code in ("ValidationException", "ValidationError", "ResourceNotFound"):
+                raise EndpointError(
+                    f"SageMaker endpoint '{self.endpoint_name}' was not found",
+                    key=f"experiments ({self.name}).ep_name",
+                    fix="check ep_name and the region, or set 'deploy: yes' to deploy it",
+                ) from None
+            self._log(f"cannot describe endpoint '{self.endpoint_name}' ({code}); benchmarking anyway")
+            return
+        except BotoCoreError as exc:
+            self._log(f"cannot describe endpoint '{self.endpoint_name}' ({exc}); benchmarking anyway")
+            return
+        status = description.get("EndpointStatus")
+        if status not in ("InService", "Updating"):
+            raise EndpointError(
+                f"SageMaker endpoint '{self.endpoint_name}' is {status}, not InService",
+                key=f"experiments ({self.name}).ep_name",
+                fix="wait until it is InService, or deploy one with 'deploy: yes'",
+            )
+        if self.instance_type is None:
+            self._learn_instance(sm, description)
+        self._log(f"benchmarking existing endpoint '{self.endpoint_name}' (it is never deleted)")
+
+    def _learn_instance(self, sm: Any, description: dict[str, Any]) -> None:
+        """Instance type and count of a bring-your-own endpoint, for the report and pricing."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        wanted = self.settings.target_variant
+        counts = {v.get("VariantName"): v.get("CurrentInstanceCount")
+                  for v in description.get("ProductionVariants") or ()}
+        try:
+            config = sm.describe_endpoint_config(EndpointConfigName=description["EndpointConfigName"])
+        except (ClientError, BotoCoreError, KeyError):
+            return
+        for variant in config.get("ProductionVariants") or ():
+            if wanted in (None, variant.get("VariantName")):
+                self.instance_type = variant.get("InstanceType")
+                self.instance_count = (counts.get(variant.get("VariantName"))
+                                       or variant.get("InitialInstanceCount") or self.instance_count)
+                return
+
+    def teardown(self) -> None:
+        """Delete what this object created (and, after a check of its run-id tag, what it
+        may have created when interrupted mid-call). Never touches anything else."""
+        if not (self._created or self._pending):
+            return
+        from botocore.exceptions import ClientError
+
+        sm = self.control()
+        errors: list[str] = []
+        for kind in reversed(KINDS):
+            for item in [i for i in self._created if i[0] == kind]:
+                if self._delete(sm, *item, errors):
+                    self._created.remove(item)
+            for item in [i for i in self._pending if i[0] == kind]:
+                try:
+                    ours = self._tagged_as_ours(sm, *item)
+                except ClientError:
+                    ours = False  # not there: the create never happened
+                if not ours or self._delete(sm, *item, errors):
+                    self._pending.remove(item)
+        if errors:
+            raise EndpointError(
+                "deleting SageMaker resources failed: " + "; ".join(errors),
+                key=f"experiments ({self.name})",
+                fix=f"delete them by hand (they carry the tag {RUN_ID_TAG}={self.context.run_id})",
+            )
+
+    def _delete(self, sm: Any, kind: str, name: str, errors: list[str]) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        call = {"endpoint": lambda: sm.delete_endpoint(EndpointName=name),
+                "endpoint-config": lambda: sm.delete_endpoint_config(EndpointConfigName=name),
+                "model": lambda: sm.delete_model(ModelName=name)}[kind]
+        try:
+            call()
+        except ClientError as exc:
+            message = str(exc)
+            if "Could not find" in message or "does not exist" in message or \
+                    aws.error_code(exc) == "ResourceNotFound":
+                return True
+            errors.append(f"{kind} '{name}': {message}")
+            return False
+        except BotoCoreError as exc:
+            errors.append(f"{kind} '{name}': {exc}")
+            return False
+        self._log(f"deleted {kind} '{name}'")
+        return True
+
+    def _tagged_as_ours(self, sm: Any, kind: str, name: str) -> bool:
+        if kind == "endpoint":
+            arn = sm.describe_endpoint(EndpointName=name)["EndpointArn"]
+        elif kind == "endpoint-config":
+            arn = sm.describe_endpoint_config(EndpointConfigName=name)["EndpointConfigArn"]
+        else:
+            arn = sm.describe_model(ModelName=name)["ModelArn"]
+        tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=arn).get("Tags", [])}
+        return tags.get(RUN_ID_TAG) == self.context.run_id
+
+    # -- requests ----------------------------------------------------------------------
+    def client(self) -> EndpointClient:
+        self.runtime()  # created here, once: botocore clients are slow to build, safe to share
+        return aws.ThreadedClient(self._invoke, workers=aws.max_concurrency(self.experiment),
+                                  timeout_s=self.timeout_s, retry=self.settings.retry)
+
+    def _invoke(self, request: InferenceRequest) -> InferenceResult:
+        kwargs: dict[str, Any] = {
+            "EndpointName": self.endpoint_name,
+            "Body": json.dumps(self.format.body(request, stream=self.stream)).encode(),
+            "ContentType": "application/json",
+        }
+        if self.settings.target_variant:
+            kwargs["TargetVariant"] = self.settings.target_variant
+        if self.settings.inference_component:
+            kwargs["InferenceComponentName"] = self.settings.inference_component
+        runtime = self.runtime()
+        sent = now_ns()
+        deadline_ns = sent + int(self.timeout_s * 1e9)
+        started = False
+        progress = aws.StreamProgress()
+        chunks: int | None = None
+        result = InferenceResult(sent_ns=sent, last_byte_ns=0)
+        try:
+            if self.stream:
+                response = runtime.invoke_endpoint_with_response_stream(**kwargs)
+                started = True
+                result.status = aws.status_of(response)
+                completion = self._read_stream(response["Body"], result, progress, deadline_ns)
+                chunks = progress.pieces
+            else:
+                response = runtime.invoke_endpoint(**kwargs)
+                started = True
+                result.status = aws.status_of(response)
+                data = response["Body"].read()
+                result.last_byte_ns = now_ns()
+                completion = self.format.parse(data)
+        except FormatError as exc:
+            return _error(result, "bad_response", str(exc), progress.first)
+        except ServerStreamError as exc:
+            return _error(result, "http_5xx", str(exc), progress.first)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a record
+            failure = aws.failed(sent, exc, started=started, first_token_ns=progress.first)
+            failure.status = failure.status or result.status
+            failure.itl_us = result.itl_us
+            return failure
+        if not result.last_byte_ns:
+            result.last_byte_ns = now_ns()
+        result.first_token_ns = progress.first
+        result.text = completion.text
+        aws.fill_tokens(result, request, server_prompt=completion.prompt_tokens,
+                        server_completion=completion.completion_tokens, content_chunks=chunks,
+                        count_tokens=self.context.count_tokens)
+        return result
+
+    def _read_stream(self, stream: Any, result: InferenceResult, progress: aws.StreamProgress,
+                     deadline_ns: float) -> Completion:
+        decoder = self.format.decoder()
+        try:
+            for event in stream:
+                arrived = now_ns()
+                part = event.get("PayloadPart")
+                if part is not None:
+                    content = decoder.feed(part.get("Bytes") or b"")
+                    if content:
+                        progress.content(arrived, len(content), result.itl_us)
+                if arrived > deadline_ns:
+                    raise TimeoutError(f"the stream did not end within {self.timeout_s} s")
+        except BaseException:
+            aws.close_stream(stream)
+            raise
+        result.last_byte_ns = now_ns()
+        return decoder.finish()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "sagemaker",
+            "endpoint_name": self.endpoint_name,
+            "region": aws.region_of(self.config),
+            "instance_type": self.instance_type,
+            "instance_count": self.instance_count,
+            "payload_format": self.format_name,
+            "stream": self.stream,
+            "image_uri": self.experiment.image_uri,
+            "model_id": self.experiment.model_id,
+            "jumpstart": is_jumpstart(self.experiment),
+            "deploy": self.experiment.deploy,
+            "resources": [f"{kind}/{name}" for kind, name in self._created],
+        }
+
+
+def _error(result: InferenceResult, error: str, detail: str, first: int | None) -> InferenceResult:
+    result.error, result.error_detail = error, detail[:500]
+    result.first_token_ns = first
+    result.last_byte_ns = now_ns()
+    return result
+
+
+def _unknown_format(experiment: Experiment, name: str) -> ConfigError:
+    return ConfigError(
+        f"unknown SageMaker payload format '{name}'",
+        key=f"experiments ({experiment.name}).sagemaker.payload_format",
+        fix=f"use one of: {', '.join(format_names())} (or register one with "
+        "pytest_fmbench.endpoints.sagemaker_formats.register_format)",
+    )
+
+
+def _missing_ep_name(experiment: Experiment) -> ConfigError:
+    return ConfigError(
+        f"experiments ({experiment.name}) has 'deploy: no' but no ep_name",
+        key=f"experiments ({experiment.name}).ep_name",
+        fix="set ep_name to the name of the existing SageMaker endpoint",
+    )

@@ -1,0 +1,196 @@
+"""Driving one case's load: a pattern, a client, records out, and the client's own overhead.
+
+``plan_load`` turns the merged ``load:`` settings into a ``LoadPlan``; ``run_load`` runs it in
+this process (one event loop, uvloop when installed) or over ``load.processes`` processes,
+passes each recorded request to ``emit`` as it completes, and logs a warning line when the
+client was saturated or the rate pattern had to queue arrivals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from pytest_fmbench.config.model import LoadSettings
+from pytest_fmbench.endpoints.base import EndpointClient, InferenceRequest
+from pytest_fmbench.load.monitor import LoopLagMonitor
+from pytest_fmbench.load.patterns import Completed, Dispatcher, LoadPlan, get_pattern
+from pytest_fmbench.load.records import RequestRecord
+from pytest_fmbench.load.waves import plan_waves
+
+T = TypeVar("T")
+Emit = Callable[[RequestRecord], None]
+
+
+def plan_load(settings: LoadSettings, concurrency: int, payload_count: int) -> LoadPlan:
+    """The plan of one case. Without a bound, concurrency/rate send as many requests as waves."""
+    assert settings.min_iters_per_combination and settings.max_iters_per_combination
+    waves = plan_waves(payload_count, concurrency, settings.min_iters_per_combination,
+                       settings.max_iters_per_combination)
+    requests = settings.requests
+    if settings.pattern != "waves" and requests is None and settings.duration_s is None:
+        requests = waves.requests
+    processes = settings.processes or 1
+    if settings.pattern == "concurrency":
+        processes = min(processes, concurrency)  # a process without a worker would idle
+    return LoadPlan(
+        pattern=settings.pattern, concurrency=concurrency, requests=requests,
+        duration_s=settings.duration_s, waves=waves.waves, rate=settings.rate,
+        arrival=settings.arrival or "poisson", burstiness=settings.burstiness or 1.0,
+        seed=settings.seed or 0, warmup_s=settings.warmup_s or 0.0,
+        timeout_s=settings.request_timeout_s or 120.0,
+        saturation_ms=settings.saturation_ms or 10.0,
+        processes=processes if settings.pattern != "waves" else 1,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordContext:
+    """What every record of one case shares; picklable, so other processes build records too."""
+
+    run_id: str
+    experiment: str
+    payload_file: str
+    concurrency: int
+    case_id: str
+    worker: str = ""
+
+    def record(self, done: Completed) -> RequestRecord:
+        result, request = done.result, done.request
+        prompt_tokens = result.prompt_tokens if result.prompt_tokens is not None else request.prompt_tokens
+        return RequestRecord(
+            run_id=self.run_id, experiment=self.experiment, payload_file=self.payload_file,
+            concurrency=self.concurrency, case_id=self.case_id, request_id=done.request_id,
+            scheduled_ns=done.scheduled_ns, sent_ns=result.sent_ns,
+            last_byte_ns=result.last_byte_ns, first_token_ns=result.first_token_ns,
+            first_reasoning_ns=result.first_reasoning_ns, prompt_tokens=prompt_tokens,
+            completion_tokens=result.completion_tokens, token_source=result.token_source,
+            error=result.error, error_detail=result.error_detail, status=result.status,
+            wave=done.wave, retries=result.retries, worker=self.worker, itl_us=result.itl_us,
+            queued=done.queued, loop_lag_us=done.loop_lag_us, saturated=done.saturated,
+        )
+
+
+@dataclasses.dataclass
+class LoadStats:
+    """The client's view of one case (summed over its processes)."""
+
+    recorded: int = 0
+    warmup: int = 0
+    queued: int = 0
+    saturated: int = 0
+    max_loop_lag_us: int = 0
+    processes: int = 1
+    # sent - scheduled (µs) of requests that did not queue, and the waits of those that did.
+    dispatch_us: list[int] = dataclasses.field(default_factory=list)
+    queue_wait_us: list[int] = dataclasses.field(default_factory=list)
+
+    def merge(self, other: LoadStats) -> None:
+        self.recorded += other.recorded
+        self.warmup += other.warmup
+        self.queued += other.queued
+        self.saturated += other.saturated
+        self.max_loop_lag_us = max(self.max_loop_lag_us, other.max_loop_lag_us)
+        self.dispatch_us += other.dispatch_us
+        self.queue_wait_us += other.queue_wait_us
+
+    def dispatch_p(self, q: float) -> float:
+        """A percentile of the dispatch delay in ms (0 without data)."""
+        return float(np.percentile(self.dispatch_us, q)) / 1000 if self.dispatch_us else 0.0
+
+    def warnings(self, plan: LoadPlan, label: str) -> list[str]:
+        lines = []
+        if self.saturated:
+            lines.append(
+                f"[fmbench] {label}: WARNING client saturated for {self.saturated} of "
+                f"{self.recorded} requests (sent more than {plan.saturation_ms:g} ms late or "
+                f"event-loop lag above it; dispatch delay p99 {self.dispatch_p(99):.1f} ms, "
+                f"worst loop lag {self.max_loop_lag_us / 1000:.1f} ms): their timings include "
+                "client overhead; spread the load (load.processes) or send less")
+        if self.queued:
+            waits = np.array(self.queue_wait_us) / 1000
+            lines.append(
+                f"[fmbench] {label}: {self.queued} of {self.recorded} arrivals found "
+                f"{plan.concurrency} requests in flight and waited for a slot (wait p50 "
+                f"{np.percentile(waits, 50):.1f} ms, max {waits.max():.1f} ms): the endpoint "
+                f"did not keep up with {plan.rate:g} requests/s at that concurrency")
+        if self.warmup:
+            lines.append(f"[fmbench] {label}: {self.warmup} warm-up request(s) of the first "
+                         f"{plan.warmup_s:g} s not recorded")
+        return lines
+
+
+class Collector:
+    """The dispatcher's sink: records out, warm-up counted, overhead summed."""
+
+    def __init__(self, context: RecordContext, emit: Emit) -> None:
+        self.context = context
+        self.emit = emit
+        self.stats = LoadStats()
+
+    def __call__(self, done: Completed) -> None:
+        stats = self.stats
+        if done.warmup:
+            stats.warmup += 1
+            return
+        stats.recorded += 1
+        delay_us = (done.result.sent_ns - done.scheduled_ns) // 1000
+        if done.queued:
+            stats.queued += 1
+            stats.queue_wait_us.append(delay_us)
+        else:
+            stats.dispatch_us.append(delay_us)
+        if done.saturated:
+            stats.saturated += 1
+        self.emit(self.context.record(done))
+
+
+async def drive(plan: LoadPlan, client: EndpointClient, requests: Sequence[InferenceRequest],
+                collector: Collector) -> LoadStats:
+    """Run the plan's pattern on the running loop with a loop-lag monitor; closes the client."""
+    monitor = LoopLagMonitor()
+    monitor.start()
+    try:
+        await get_pattern(plan.pattern).run(plan, requests, Dispatcher(client, collector, plan, monitor))
+    finally:
+        await monitor.stop()
+        await client.aclose()
+    collector.stats.max_loop_lag_us = monitor.max_lag_ns // 1000
+    return collector.stats
+
+
+def run_in_loop(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine on a fresh event loop (uvloop when installed)."""
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(make())  # type: ignore[arg-type]
+
+
+def run_load(plan: LoadPlan, make_client: Callable[[], EndpointClient],
+             requests: Sequence[InferenceRequest], context: RecordContext, emit: Emit, *,
+             log: Callable[[str], Any] | None = None) -> LoadStats:
+    """Fire one case's load; every recorded request reaches ``emit`` as it completes."""
+    if plan.processes > 1:
+        from pytest_fmbench.load.processes import run_in_processes
+
+        stats = run_in_processes(plan, make_client(), requests, context, emit)
+    else:
+        collector = Collector(context, emit)
+
+        async def go() -> LoadStats:
+            return await drive(plan, make_client(), requests, collector)
+
+        stats = run_in_loop(go)
+    if log is not None:
+        for line in stats.warnings(plan, context.case_id):
+            log(line)
+    return stats

@@ -1,0 +1,210 @@
+"""Machine-readable exports: FMBench's CSVs (plus our columns), results.json, the redacted config."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+
+from pytest_fmbench.config.model import Config
+
+# FMBench's all_metrics.csv columns (its 3_run_inference notebook), in its order, from ours.
+FMBENCH_METRIC_COLUMNS = {
+    "experiment_name": "experiment",
+    "concurrency": "concurrency",
+    "payload_file": "payload_file",
+    "errors": "failures",
+    "successes": "successes",
+    "error_rate": "error_rate",
+    "all_prompts_token_count": "all_prompts_token_count",
+    "prompt_token_count_mean": "prompt_token_count_mean",
+    "prompt_token_throughput": "prompt_token_throughput",
+    "all_completions_token_count": "all_completions_token_count",
+    "completion_token_count_mean": "completion_token_count_mean",
+    "completion_token_throughput": "completion_token_throughput",
+    "transactions": "requests",
+    "transactions_per_second": None,  # TPM / 60
+    "transactions_per_minute": "transactions_per_minute",
+    "latency_p50": "latency_p50",
+    "latency_p95": "latency_p95",
+    "latency_p99": "latency_p99",
+    "TTFT_p50": "ttft_p50",
+    "TTFT_p99": "ttft_p99",
+    "TPOT_p50": "tpot_p50",
+    "TPOT_p99": "tpot_p99",
+    "instance_type": "instance_type",
+    "instance_count": "instance_count",
+}
+
+
+def all_metrics_frame(metrics: pd.DataFrame, meets: pd.Series | None = None) -> pd.DataFrame:
+    """FMBench's all_metrics columns first (its names), then every metric of ours."""
+    out = pd.DataFrame(index=metrics.index)
+    for fmbench, ours in FMBENCH_METRIC_COLUMNS.items():
+        out[fmbench] = metrics["transactions_per_minute"] / 60 if ours is None else metrics[ours]
+    rest = [c for c in metrics.columns if c not in set(FMBENCH_METRIC_COLUMNS.values())]
+    for column in rest:
+        out[column] = metrics[column]
+    if meets is not None:
+        out["meets_budgets"] = meets.reindex(metrics.index)
+    return out
+
+
+def write_all_metrics(path: Path, metrics: pd.DataFrame, meets: pd.Series | None = None) -> Path:
+    all_metrics_frame(metrics, meets).to_csv(path, index=False, float_format="%.10g")
+    return path
+
+
+def per_request_table(table: pa.Table, info: Mapping[str, Any]) -> pa.Table:
+    """FMBench's per_inference_request_results columns (plus ours), one row per request.
+
+    FMBench leaves latency / token columns empty for failed requests; so do we, and keep the
+    time to failure in our ``elapsed_s``.
+    """
+    ok = pc.equal(pc.fill_null(table["error"], ""), "")
+    elapsed = pc.divide(pc.cast(pc.subtract(table["last_byte_ns"], table["sent_ns"]), pa.float64()), 1e9)
+    ttft = pc.divide(pc.cast(pc.subtract(table["first_token_ns"], table["sent_ns"]), pa.float64()), 1e9)
+    span = pc.divide(pc.cast(pc.subtract(table["last_byte_ns"], table["first_token_ns"]), pa.float64()), 1e9)
+    completion = pc.cast(table["completion_tokens"], pa.float64())
+    tpot = pc.if_else(pc.greater_equal(completion, 2), pc.divide(span, pc.subtract(completion, 1)),
+                      pa.scalar(None, pa.float64()))
+    null_f = pa.nulls(table.num_rows, pa.float64())
+    encoded = pc.dictionary_encode(table["experiment"]).combine_chunks()
+    names = encoded.dictionary.to_pylist()
+
+    def fact(attribute: str, kind: pa.DataType) -> pa.Array:
+        """A per-experiment fact for every row (looked up once per experiment, then taken)."""
+        values = [getattr(info.get(name), attribute, None) for name in names]
+        if attribute == "endpoint_name":
+            values = [value or name for value, name in zip(values, names)]
+        return pa.array(values, kind).take(encoded.indices)
+
+    uuid = pc.binary_join_element_wise(table["case_id"], pc.cast(table["request_id"], pa.string()), ":")
+    columns = {
+        "endpoint_name": fact("endpoint_name", pa.string()),
+        "experiment_name": table["experiment"],
+        "concurrency": table["concurrency"],
+        "payload_file": table["payload_file"],
+        "instance_type": fact("instance_type", pa.string()),
+        "instance_count": fact("instance_count", pa.int64()),
+        "prompt_tokens": pc.if_else(ok, table["prompt_tokens"], pa.scalar(None, pa.int64())),
+        "completion_tokens": pc.if_else(ok, table["completion_tokens"], pa.scalar(None, pa.int64())),
+        "latency": pc.if_else(ok, elapsed, null_f),
+        "time_to_first_token": pc.if_else(ok, ttft, null_f),
+        "time_per_output_token": pc.if_else(ok, tpot, null_f),
+        "time_to_last_token": pc.if_else(ok, elapsed, null_f),
+        "uuid": uuid,
+        # ours
+        "case_id": table["case_id"],
+        "request_id": table["request_id"],
+        "wave": table["wave"],
+        "worker": table["worker"],
+        "error": table["error"],
+        "error_detail": table["error_detail"],
+        "status": table["status"],
+        "retries": table["retries"],
+        "token_source": table["token_source"],
+        "elapsed_s": elapsed,
+        "client_queue_s": pc.divide(pc.cast(pc.subtract(table["sent_ns"], table["scheduled_ns"]), pa.float64()), 1e9),
+        "scheduled_ns": table["scheduled_ns"],
+        "sent_ns": table["sent_ns"],
+        "first_token_ns": table["first_token_ns"],
+        "last_byte_ns": table["last_byte_ns"],
+        "run_id": table["run_id"],
+    }
+    return pa.table(columns)
+
+
+def write_per_request(path: Path, table: pa.Table, info: Mapping[str, Any]) -> Path:
+    pa_csv.write_csv(per_request_table(table, info), path)
+    return path
+
+
+# -- the config used, secrets redacted -----------------------------------------------------------
+
+REDACTED = "***redacted***"
+_SECRET_KEY = re.compile(
+    r"(^|[_\-.])(api[_\-]?key|apikey|token|secret|secret[_\-]?key|password|passwd|credentials?|"
+    r"authorization|auth|session[_\-]?token|access[_\-]?key([_\-]?id)?|private[_\-]?key)$",
+    re.IGNORECASE,
+)
+_URL_CREDENTIALS = re.compile(r"(://)[^/@\s:]+(:[^/@\s]*)?@")
+
+
+def _env_secrets(data: Any, environ: Mapping[str, str]) -> set[str]:
+    """Values of the environment variables a config names in ``*_env`` keys."""
+    found: set[str] = set()
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            if str(key).lower().endswith("_env") and isinstance(value, str) and environ.get(value):
+                found.add(environ[value])
+            found |= _env_secrets(value, environ)
+    elif isinstance(data, list):
+        for item in data:
+            found |= _env_secrets(item, environ)
+    return found
+
+
+def redact(data: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """A copy with secret-looking keys and the values of ``*_env`` variables replaced."""
+    environ = os.environ if environ is None else environ
+    secrets = {s for s in _env_secrets(data, environ) if len(s) >= 4}
+
+    def walk(value: Any, key: str = "") -> Any:
+        if key and _SECRET_KEY.search(key) and value not in (None, "", {}, []):
+            return REDACTED
+        if isinstance(value, Mapping):
+            return {k: walk(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, str):
+            text = _URL_CREDENTIALS.sub(r"\1***@", value)
+            for secret in secrets:
+                text = text.replace(secret, REDACTED)
+            return text
+        return value
+
+    return walk(data)
+
+
+def config_used(config: Config, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The validated config as it ran (placeholders filled, defaults shown), secrets redacted."""
+    return redact(config.model_dump(mode="json", exclude_none=True, by_alias=True), environ)
+
+
+# -- results.json ---------------------------------------------------------------------------------
+
+def json_safe(value: Any) -> Any:
+    """NaN/inf → None, numpy → Python, recursively (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [json_safe(row) for row in frame.to_dict("records")]
+
+
+def write_json(path: Path, data: Any) -> Path:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    temporary.replace(path)
+    return path

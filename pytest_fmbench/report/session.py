@@ -1,0 +1,180 @@
+"""What the plugin does with prices, budgets and the report, without pytest.
+
+- ``prepare`` at configure time: every needed price known, every budget valid (ConfigError
+  otherwise, before anything is deployed);
+- ``case_violations`` for gate mode ``every``: one case's records judged by the same code;
+- ``finish`` at session end on the controller: report + verdict, never raising;
+- ``summary_lines`` for the terminal summary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pytest_fmbench.budgets import (
+    GATE_MODES,
+    BudgetSet,
+    GateMode,
+    Violation,
+    budget_set,
+    case_violations as _violations,
+    format_value,
+    require_prices,
+)
+from pytest_fmbench.cases import payload_stem
+from pytest_fmbench.config.model import Config
+from pytest_fmbench.config.pricing import Price, check_prices
+from pytest_fmbench.errors import ConfigError
+from pytest_fmbench.load.records import RequestRecord
+from pytest_fmbench.metrics import compute_metrics
+
+SUMMARY_ROWS = 40
+
+
+@dataclasses.dataclass
+class ReportSettings:
+    prices: dict[str, Price | None]
+    budgets: BudgetSet
+    mode: GateMode
+
+
+def prepare(config: Config, cli_budgets: Sequence[str] = (), mode: str | None = None) -> ReportSettings:
+    """Prices and budgets of a run, checked before anything is deployed."""
+    mode = mode or "best"
+    if mode not in GATE_MODES:
+        raise ConfigError(f"unknown gate mode '{mode}'", key="--fmbench-gate",
+                          fix=f"use one of: {', '.join(GATE_MODES)}")
+    prices = check_prices(config)
+    budgets = budget_set(config, cli_budgets)
+    require_prices(config, budgets, prices)
+    return ReportSettings(prices, budgets, mode)  # type: ignore[arg-type]
+
+
+def case_violations(settings: ReportSettings, config: Config, records: Sequence[RequestRecord]) -> list[Violation]:
+    """Gate mode ``every``: the budget violations of one case, from its own records."""
+    if not records or settings.budgets.empty:
+        return []
+    from pytest_fmbench.report import experiment_info
+
+    experiment = records[0].experiment
+    metrics = compute_metrics(records, prices={experiment: settings.prices.get(experiment)},
+                              info=experiment_info(config), slos=settings.budgets.slos([experiment]))
+    return _violations(metrics, settings.budgets)
+
+
+def case_failure_message(violations: Sequence[Violation]) -> str:
+    head = f"{len(violations)} budget violation{'s' if len(violations) != 1 else ''}:"
+    return "\n".join([head, *(f"  {v.line()}" for v in violations)])
+
+
+@dataclasses.dataclass
+class SessionReport:
+    """The outcome at session end: what the terminal summary shows and the exit status needs."""
+
+    passed: bool
+    ran: bool
+    report_path: Path | None = None
+    lines: list[str] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+
+def finish(results_dir: Path, config: Config, settings: ReportSettings,
+           meta: Mapping[str, Any] | None = None) -> SessionReport:
+    """Build the report and judge the budgets; never raises (records are never touched)."""
+    from pytest_fmbench.report import analyze, write_report
+
+    try:
+        analysis = analyze(results_dir, config, settings.prices, settings.budgets, settings.mode)
+    except Exception as exc:  # noqa: BLE001 - a report bug must not hide the run's outcome
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        judged = settings.budgets.empty
+        return SessionReport(
+            passed=judged, ran=True, error=f"could not compute metrics from {results_dir}: {detail}",
+            lines=[f"report failed: {detail}", f"records are intact in {results_dir}",
+                   *([] if judged else ["budgets could not be judged: failing the run"])])
+    if analysis.requests == 0:
+        return SessionReport(passed=True, ran=False, lines=["no request ran: no report written"])
+    try:
+        outcome = write_report(results_dir, config, settings.prices, settings.budgets, analysis, meta)
+        report_path, errors = outcome.report_path, outcome.errors
+    except Exception as exc:  # noqa: BLE001
+        report_path, errors = None, [f"{type(exc).__name__}: {exc}"]
+    lines = summary_lines(analysis, report_path, errors)
+    return SessionReport(passed=analysis.gate.passed, ran=True, report_path=report_path, lines=lines,
+                         error="; ".join(errors) or None)
+
+
+def summary_lines(analysis: Any, report_path: Path | None, errors: Sequence[str] = ()) -> list[str]:
+    """The terminal summary: best option, a compact table, the report path, each violation."""
+    verdict = analysis.gate
+    rec = verdict.recommendation
+    metrics = analysis.metrics
+    lines: list[str] = []
+    best = rec.best
+    scope = (f"dataset of interest {rec.dataset_of_interest}" if rec.dataset_of_interest and rec.dataset_matched
+             else "all payload files")
+    if best is not None:
+        lines.append(
+            f"best option ({scope}): {best['experiment']} {payload_stem(str(best['payload_file']))} "
+            f"c={best['concurrency']}"
+            + (f" on {best['instance_type']}" if best.get("instance_type") else "")
+            + f": TPM {_num(best.get('transactions_per_minute'))}, latency p95 "
+            f"{format_value(best.get('latency_p95'), 's')}, {format_value(best.get('cost_per_10k_txn'), 'USD')} "
+            f"per 10k txn")
+    else:
+        lines.append(f"best option ({scope}): none meets every budget")
+        for miss in rec.nearest_misses:
+            if miss["experiment"] is None:
+                continue
+            lines.append(f"  nearest for {miss['metric']}: {format_value(miss['value'], _unit(miss['metric']))} "
+                         f"({miss['experiment']} {payload_stem(str(miss['payload_file']))} c={miss['concurrency']})")
+    lines.append(f"budget gate ({verdict.mode}): {'PASSED' if verdict.passed else 'FAILED'}: {verdict.summary}")
+    lines.append("")
+    header = ["experiment", "payload", "c", "req", "err %", "p95 s", "TTFT p95 s", "TPM", "USD/10k", "budgets"]
+    bad: dict[tuple[str, str, int], list[str]] = {}
+    for violation in verdict.violations:
+        bad.setdefault((violation.experiment, violation.payload_file, violation.concurrency), []).append(violation.metric)
+    rows = []
+    for row in metrics.head(SUMMARY_ROWS).to_dict("records"):
+        key = (row["experiment"], row["payload_file"], int(row["concurrency"]))
+        rows.append([row["experiment"], payload_stem(row["payload_file"]), str(int(row["concurrency"])),
+                     str(int(row["requests"])), _num(row["error_rate"] * 100, 1), _num(row["latency_p95"], 3),
+                     _num(row["ttft_p95"], 3), _num(row["transactions_per_minute"], 1),
+                     _num(row["cost_per_10k_txn"], 3),
+                     "ok" if key not in bad else "VIOLATES " + ",".join(bad[key])])
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) if rows else len(header[i]) for i in range(len(header))]
+    lines.append("  ".join(h.ljust(widths[i]) for i, h in enumerate(header)).rstrip())
+    for r in rows:
+        lines.append("  ".join(v.rjust(widths[i]) if 2 <= i <= 8 else v.ljust(widths[i])
+                               for i, v in enumerate(r)).rstrip())
+    if len(metrics) > SUMMARY_ROWS:
+        lines.append(f"... {len(metrics) - SUMMARY_ROWS} more combinations in the report")
+    if verdict.violations:
+        lines.append("")
+        lines.append(f"violations ({len(verdict.violations)}):")
+        lines += [f"  {v.line()}" for v in verdict.violations]
+    lines.append("")
+    cost = analysis.total_cost
+    if not math.isnan(cost):
+        lines.append(f"cost of the run: {format_value(cost, 'USD')} ({len(analysis.costs)} experiments)")
+    for error in errors:
+        lines.append(f"report part failed: {error}")
+    lines.append(f"report: {report_path}" if report_path else "report: not written")
+    return lines
+
+
+def _unit(metric: str) -> str:
+    from pytest_fmbench.metrics import METRICS
+
+    return METRICS[metric].unit
+
+
+def _num(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{float(value):.{digits}f}"

@@ -1,0 +1,199 @@
+"""A small OpenAI-compatible server on loopback, with a fixed timing and injectable faults.
+
+Used by the project's tests (and usable by users' own tests) wherever a real model server
+would be too slow: it streams ``completion_tokens`` chunks after ``ttft_s``, one every
+``token_delay_s``, and reports usage in its last chunk like vLLM does. Faults:
+
+- ``throttle``: HTTP 429;  ``error_5xx``: HTTP 503;  ``error_4xx``: HTTP 400
+- ``truncate``: the stream stops half-way without ``[DONE]`` and the connection closes
+- ``stall``: the stream sends one chunk, then hangs
+- ``garbage``: a chunk that is not JSON
+- ``drop``: the connection closes before any response
+
+``fault_every=N`` applies the fault to every N-th request only (1 = all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+FAULTS = ("throttle", "error_5xx", "error_4xx", "truncate", "stall", "garbage", "drop")
+
+
+@dataclass
+class ServerBehaviour:
+    ttft_s: float = 0.0
+    token_delay_s: float = 0.0
+    completion_tokens: int = 8
+    usage: bool = True
+    fault: str | None = None
+    fault_every: int = 1
+    stall_s: float = 30.0
+
+
+@dataclass
+class ServerStats:
+    requests: int = 0
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+
+class FakeOpenAIServer:
+    """Runs in a background thread; ``with FakeOpenAIServer(...) as server: server.url``."""
+
+    def __init__(self, behaviour: ServerBehaviour | None = None, *, host: str = "127.0.0.1",
+                 port: int = 0, keep_bodies: bool = True) -> None:
+        self.behaviour = behaviour or ServerBehaviour()
+        self.stats = ServerStats()
+        self.host = host
+        self.port = port
+        self.keep_bodies = keep_bodies
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> FakeOpenAIServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> str:
+        self._thread = threading.Thread(target=self._serve, name="fake-openai", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("fake OpenAI server did not start")
+        return self.url
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self._loop = None
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(self._startup())
+        self._ready.set()
+        loop.run_forever()
+        loop.close()
+
+    async def _startup(self) -> None:
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_post("/v1/completions", self._complete)
+        app.router.add_post("/v1/chat/completions", self._complete)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        sockets = site._server.sockets  # type: ignore[union-attr]
+        self.port = sockets[0].getsockname()[1]
+
+    async def _shutdown(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        # Stalled handlers outlive the runner's grace period: end them before the loop stops.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._respond(request)
+        except ConnectionResetError:  # the client went away (timeouts, truncation tests)
+            return web.Response(status=499)
+
+    async def _respond(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.stats.requests += 1
+        if self.keep_bodies:
+            self.stats.bodies.append(body)
+        b = self.behaviour
+        fault = b.fault if b.fault and self.stats.requests % max(1, b.fault_every) == 0 else None
+        chat = request.path.endswith("/chat/completions")
+        tokens = int(body.get("max_tokens") or b.completion_tokens)
+        if fault == "drop":
+            request.transport.close()  # type: ignore[union-attr]
+            raise asyncio.CancelledError
+        if fault in ("throttle", "error_5xx", "error_4xx"):
+            status = {"throttle": 429, "error_5xx": 503, "error_4xx": 400}[fault]
+            return web.json_response({"error": {"message": fault, "code": status}}, status=status)
+        if not body.get("stream"):
+            await asyncio.sleep(b.ttft_s + b.token_delay_s * max(tokens - 1, 0))
+            return web.json_response(_complete_body(chat, tokens, b.usage))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await asyncio.sleep(b.ttft_s)
+        for index in range(tokens):
+            if index:
+                await asyncio.sleep(b.token_delay_s)
+            if fault == "truncate" and index == tokens // 2:
+                request.transport.close()  # type: ignore[union-attr]
+                return response
+            if fault == "garbage" and index == 1:
+                await response.write(b"data: {not json\n\n")
+                continue
+            await response.write(_sse(_chunk(chat, index, index == tokens - 1)))
+            if fault == "stall":
+                await asyncio.sleep(b.stall_s)
+        if b.usage:
+            await response.write(_sse({"choices": [], "usage": {
+                "prompt_tokens": _prompt_tokens(body), "completion_tokens": tokens}}))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+def _sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def _chunk(chat: bool, index: int, last: bool) -> dict[str, Any]:
+    finish = "length" if last else None
+    if chat:
+        return {"choices": [{"index": 0, "delta": {"content": f" t{index}"}, "finish_reason": finish}]}
+    return {"choices": [{"index": 0, "text": f" t{index}", "finish_reason": finish}]}
+
+
+def _complete_body(chat: bool, tokens: int, usage: bool) -> dict[str, Any]:
+    text = "".join(f" t{i}" for i in range(tokens))
+    choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat
+              else {"index": 0, "text": text})
+    body: dict[str, Any] = {"choices": [{**choice, "finish_reason": "length"}]}
+    if usage:
+        body["usage"] = {"prompt_tokens": 0, "completion_tokens": tokens}
+    return body
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    prompt = body.get("prompt") or " ".join(m.get("content", "") for m in body.get("messages", []))
+    return max(1, len(str(prompt).split()))
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: python -m ...openai_server
+    with FakeOpenAIServer(ServerBehaviour(ttft_s=0.05, token_delay_s=0.01)) as server:
+        print(server.url, flush=True)
+        time.sleep(3600)
