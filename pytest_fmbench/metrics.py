@@ -244,7 +244,7 @@ def _itl(out: pd.DataFrame, table: pa.Table, frame: pd.DataFrame) -> None:
     Exact percentiles over every gap; combinations are computed on a few threads (numpy's
     partition releases the GIL), integers all the way (no float copy of the pooled gaps).
     """
-    itl = table["itl_us"]  # chunked (memory-mapped); take/slice work across chunks
+    itl = table["itl_us"].combine_chunks()  # one copy, then takes are cheap
     ok = frame["ok"].to_numpy()
     indices = frame.groupby(KEYS, observed=True, sort=True).indices
 
@@ -493,6 +493,8 @@ def recommend(metrics: pd.DataFrame, meets: pd.Series, dataset_of_interest: str 
                           error_rate=top["error_rate"])
         rows.append(choice)
     per_payload = pd.DataFrame(rows)
+    if len(per_payload):
+        per_payload["recommended_concurrency"] = per_payload["recommended_concurrency"].astype("Int64")
 
     mask = dataset_of_interest_mask(frame, dataset_of_interest)
     matched = bool(mask.any()) or not dataset_of_interest

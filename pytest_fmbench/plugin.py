@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -110,9 +111,17 @@ def pytest_configure(config: pytest.Config) -> None:
     run_id = workerinput.get("fmbench_run_id") or new_run_id()
     results = workerinput.get("fmbench_results_dir") or _setting(
         config, "fmbench_results_dir", "FMBENCH_RESULTS_DIR")
-    results_dir = (base / results) if results else base / "results" / bench_config.general.name / run_id
-    run = BenchmarkRun(bench_config, run_id=run_id, results_dir=results_dir.resolve(),
-                       worker=workerinput.get("workerid", ""), log=_logger(config))
+    if results:
+        results_dir = (base / results).resolve()
+        payload_dir = results_dir / "payloads"
+    else:
+        # results/<name>/<run id>/, with payload files shared by the runs of <name>.
+        results_dir = (base / "results" / bench_config.general.name / run_id).resolve()
+        payload_dir = results_dir.parent / "payloads"
+    payload_dir = Path(workerinput.get("fmbench_payload_dir") or payload_dir)
+    run = BenchmarkRun(bench_config, run_id=run_id, results_dir=results_dir,
+                       payload_dir=payload_dir, worker=workerinput.get("workerid", ""),
+                       log=_logger(config))
     config.stash[RUN_KEY] = run
     config.stash[CASES_KEY] = cases
     config.stash[REPORT_SETTINGS_KEY] = report_settings
@@ -128,8 +137,11 @@ def _logger(config: pytest.Config) -> Callable[[str], None]:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None or hasattr(config, "workerinput"):
             return
-        reporter.ensure_newline()
-        reporter.write_line(message)
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        # Progress lines (deploys take minutes) must reach the terminal during test setup.
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            reporter.ensure_newline()
+            reporter.write_line(message)
 
     return log
 
@@ -157,6 +169,38 @@ class XdistHooks:
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["fmbench_run_id"] = self.run.run_id
         node.workerinput["fmbench_results_dir"] = str(self.run.results_dir)
+        node.workerinput["fmbench_payload_dir"] = str(self.run.payload_dir)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``-n``, all cases of one experiment go to one worker (one deploy)."""
+    cases = config.stash.get(CASES_KEY, None)
+    if not cases or config.getoption("dist", "load") == "each":
+        return None
+    from pytest_fmbench.xdist import ExperimentScheduling
+
+    return ExperimentScheduling(config, log, case_experiments={c.id: c.experiment for c in cases})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto``: one worker per experiment, capped by the CPUs.
+
+    Runs before ``pytest_configure``, so the config file is read here on its own.
+    """
+    raw = _setting(config, "fmbench_config", "FMBENCH_CONFIG")
+    if not raw:
+        return None
+    from pytest_fmbench.xdist import auto_workers
+
+    try:
+        bench_config = load_config((config.invocation_params.dir / raw).resolve(),
+                                   _placeholder_values(config.getoption("fmbench_set")),
+                                   known_backends=backend_names())
+    except (ConfigError, pytest.UsageError):
+        return None  # pytest_configure reports the problem properly
+    return auto_workers(len(bench_config.experiments))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -66,8 +66,10 @@ class CaseResult:
 
 class BenchmarkRun:
     def __init__(self, config: Config, *, run_id: str, results_dir: Path, worker: str = "",
-                 log: Callable[[str], None] = print) -> None:
+                 payload_dir: Path | None = None, log: Callable[[str], None] = print) -> None:
         self.config = config
+        # Payload files outlive a run so the next run with unchanged inputs reuses them.
+        self.payload_dir = payload_dir or results_dir / "payloads"
         self.run_id = run_id
         self.results_dir = results_dir
         self.worker = worker
@@ -88,10 +90,6 @@ class BenchmarkRun:
     @property
     def config_dir(self) -> Path:
         return self.config.source_path.parent if self.config.source_path else Path.cwd()
-
-    @property
-    def payload_dir(self) -> Path:
-        return self.results_dir / "payloads"
 
     def write_metadata(self, extra: dict[str, Any] | None = None) -> None:
         self.results_dir.mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,7 @@ def test_fmbench_sagemaker_config_deploys_benchmarks_and_tears_down(
         assert record["first_token_ns"] > record["sent_ns"]  # TTFT from the stream
         assert record["token_source"] == "server" and record["completion_tokens"] == 16
         assert len(record["itl_us"]) == 15
+    assert list((pytester.path / "out").glob("report*.md"))  # the run's report
     only_byo_left(sm)
 
 
@@ -143,14 +144,14 @@ FAILING = """\
         payload_files: [payload_all.jsonl]
         concurrency_levels: [1]
       - name: brought
-        ep_name: %s
+        ep_name: BYO_NAME
         deploy: no
         instance_type: ml.g4dn.xlarge
         inference_script: sagemaker_predictor.py
         inference_spec: {parameter_set: tgi}
         payload_files: [payload_all.jsonl]
         concurrency_levels: [1]
-    """ % BYO
+    """.replace("BYO_NAME", BYO)
 
 
 def test_failing_cases_and_a_failed_deployment_leave_nothing_behind(
@@ -188,14 +189,14 @@ INTERRUPTED = """\
         payload_files: [payload_all.jsonl]
         concurrency_levels: [2]
       - name: brought
-        ep_name: %s
+        ep_name: BYO_NAME
         deploy: no
         instance_type: ml.g4dn.xlarge
         inference_script: sagemaker_predictor.py
         inference_spec: {parameter_set: tgi}
         payload_files: [payload_all.jsonl]
         concurrency_levels: [1]
-    """ % BYO
+    """.replace("BYO_NAME", BYO)
 
 
 def test_ctrl_c_during_a_case_still_deletes_the_endpoint(

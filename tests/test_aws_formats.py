@@ -70,8 +70,8 @@ def test_tgi_stream_lines_split_anywhere_across_payload_parts() -> None:
     lines = [
         b'data:{"token": {"id": 1, "text": "Hel", "special": false}, "generated_text": null, "details": null}\n\n',
         b'data:{"token": {"id": 2, "text": "lo", "special": false}, "generated_text": null, "details": null}\n\n',
-        b'data:{"token": {"id": 3, "text": "</s>", "special": true}, "generated_text": "Hello", '
-        b'"details": {"finish_reason": "eos_token", "generated_tokens": 3}}\n\n',
+        (b'data:{"token": {"id": 3, "text": "</s>", "special": true}, "generated_text": "Hello", '
+         b'"details": {"finish_reason": "eos_token", "generated_tokens": 3}}\n\n'),
     ]
     stream = b"".join(lines)
     decoder = get_format("tgi").decoder()
@@ -101,8 +101,8 @@ def test_lmi_replies_an_object_or_a_list_and_streams_plain_json_lines() -> None:
     assert fmt.parse(b'[{"generated_text": "ok"}]').text == "ok"
     decoder = fmt.decoder()
     parts = [b'{"token": {"id": [1], "text": "a", "log_prob": -0.1}}\n{"token": {"id": [2], ',
-             b'"text": "b", "log_prob": -0.2}, "generated_text": "ab", "details": '
-             b'{"generated_tokens": 2}}\n']
+             (b'"text": "b", "log_prob": -0.2}, "generated_text": "ab", "details": '
+              b'{"generated_tokens": 2}}\n')]
     assert feed_all(decoder, parts) == ["a", "b"]
     assert decoder.finish().completion_tokens == 2
 
@@ -305,3 +305,64 @@ def test_resource_names_fit_sagemaker_rules_and_differ_per_run_and_experiment() 
     assert name == resource_name("Llama-3.1 8B instruct on g5.12xlarge" * 3, "20250101T000000-abc", "e1")
     assert name != resource_name("Llama-3.1 8B instruct on g5.12xlarge" * 3, "20250101T000000-abd", "e1")
     assert name != resource_name("Llama-3.1 8B instruct on g5.12xlarge" * 3, "20250101T000000-abc", "e2")
+
+
+# --- FMBench keys of SageMaker and Bedrock configs load ----------------------------------
+
+FMBENCH_EXPERIMENTS = [
+    {   # a JumpStart SageMaker experiment (config-llama3-8b-instruct-p4d-djl-lmi-dist.yml)
+        "name": "llama-3-8b-instruct-p4d-djl", "model_id": "meta-textgeneration-llama-3-8b-instruct",
+        "hf_tokenizer_model_id": "meta-llama/Meta-Llama-3-8B-Instruct", "model_version": "*",
+        "model_name": "llama3-8b-instruct", "ep_name": "llama-3-8b-instruct-p4d",
+        "instance_type": "ml.p4d.24xlarge", "deploy": True, "instance_count": 1,
+        "image_uri": "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.27.0-deepspeed0.12.6-cu121",
+        "deployment_script": "jumpstart.py", "inference_script": "sagemaker_predictor.py",
+        "inference_spec": {"parameter_set": "sagemaker", "stream": True},
+        "payload_files": ["p.jsonl"], "concurrency_levels": [1, 2], "accept_eula": True,
+        "additional_metadata": "option.rolling_batch: lmi-dist\n",
+        "env": {"SAGEMAKER_PROGRAM": "inference.py", "MAX_TOTAL_TOKENS": "4096"},
+    },
+    {   # a Bedrock experiment (config-bedrock.yml): blanks where FMBench leaves them empty
+        "name": "meta.llama3-8b-instruct-v1:0", "model_id": "meta.llama3-8b-instruct-v1:0",
+        "model_version": None, "model_name": "meta.llama3-8b-instruct-v1:0",
+        "ep_name": "meta.llama3-8b-instruct-v1:0", "instance_type": "meta.llama3-8b-instruct-v1:0",
+        "image_uri": None, "deploy": False, "instance_count": None, "deployment_script": None,
+        "inference_script": "bedrock_predictor.py",
+        "inference_spec": {"split_input_and_parameters": False, "parameter_set": "bedrock",
+                           "stream": True, "start_token": None, "stop_token": "<|eot_id|>"},
+        "payload_files": ["p.jsonl"], "concurrency_levels": [1], "env": None,
+    },
+    {   # a Nova experiment (config-nova-all-models.yml): no model_id, no deploy key
+        "name": "us.amazon.nova-micro-v1:0", "model_name": "us.amazon.nova-micro-v1:0",
+        "ep_name": "us.amazon.nova-micro-v1:0", "instance_type": "us.amazon.nova-micro-v1:0",
+        "instance_count": None, "inference_script": "bedrock_predictor.py",
+        "inference_spec": {"split_input_and_parameters": False, "parameter_set": "bedrock"},
+        "payload_files": ["p.jsonl"], "concurrency_levels": [1], "env": None,
+    },
+]
+
+
+def test_fmbench_sagemaker_and_bedrock_experiment_keys_load() -> None:
+    from pytest_fmbench.config.model import Config
+    from pytest_fmbench.endpoints.bedrock import model_id_of
+    from pytest_fmbench.endpoints.sagemaker import format_name, is_jumpstart
+
+    config = Config.model_validate({
+        "datasets": {"prompt_template_keys": ["input", "context"], "ground_truth_col_key": "answers",
+                     "question_col_key": "input", "min_iters_per_combination": 5,
+                     "max_iters_per_combination": 105, "filters": [{"payload_file": "p.jsonl"}]},
+        "model_evaluations": "model_eval_all_info.yml",
+        "inference_parameters": {
+            "sagemaker": {"max_new_tokens": 100, "top_p": 0.92, "temperature": 0.1,
+                          "details": True, "stop": "<|eot_id|>"},
+            "bedrock": {"temperature": 0.1, "max_tokens": 100, "top_p": 0.92, "caching": False,
+                        "use_boto3": True}},
+        "experiments": FMBENCH_EXPERIMENTS,
+    })
+    jumpstart, llama, nova = config.experiments
+    assert [e.resolved_backend for e in config.experiments] == ["sagemaker", "bedrock", "bedrock"]
+    assert is_jumpstart(jumpstart) and jumpstart.accept_eula and jumpstart.model_version == "*"
+    assert format_name(jumpstart) == "lmi"  # from the DJL image
+    assert (model_id_of(llama), model_id_of(nova)) == (
+        "meta.llama3-8b-instruct-v1:0", "us.amazon.nova-micro-v1:0")
+    assert config.load_for(llama).max_iters_per_combination == 105  # FMBench's datasets keys

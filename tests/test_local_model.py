@@ -290,3 +290,14 @@ def test_server_dies_with_a_killed_parent(model_dir: Path) -> None:
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_a_hub_id_is_served_by_name_and_without_the_offline_flags() -> None:
+    from pytest_fmbench.endpoints.local_model import _server_env
+
+    server = LocalServer(Path("org/model"), hub_id="org/model")
+    assert server.model_id == "org/model"
+    assert server.command(1234)[4] == "org/model"
+    server._check_model_dir()  # no local config.json needed
+    assert "HF_HUB_OFFLINE" not in _server_env(offline=False) or os.environ.get("HF_HUB_OFFLINE")
+    assert _server_env()["HF_HUB_OFFLINE"] == "1"

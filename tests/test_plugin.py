@@ -97,6 +97,11 @@ def test_default_results_dir_is_named_after_the_config_and_run(bench: pytest.Pyt
     run(bench, "--fmbench-config=cfg.yml", "-k", "alpha and c1").assert_outcomes(passed=2)
     (run_dir,) = (bench.path / "results" / "e2e").glob("2*")
     assert len(read_lines(run_dir / "records.jsonl")) == 4
+    payload = bench.path / "results" / "e2e" / "payloads" / "payload_en_1-300.jsonl"
+    built = payload.stat().st_mtime_ns
+    run(bench, "--fmbench-config=cfg.yml", "-k", "alpha and c1").assert_outcomes(passed=2)
+    assert len(list((bench.path / "results" / "e2e").glob("2*"))) == 2
+    assert payload.stat().st_mtime_ns == built  # reused by the next run
 
 
 def test_collect_only_writes_nothing(bench: pytest.Pytester) -> None:

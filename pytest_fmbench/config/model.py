@@ -198,7 +198,8 @@ class LoadSettings(Section):
 class LocalSettings(Section):
     """The embedded local backend: ``transformers serve`` on loopback."""
 
-    # A preset of the built-in random-weight model ("tiny", "small") or a model directory.
+    # A preset of the built-in random-weight model ("tiny", "small"), a model directory, or
+    # "hf:<org>/<name>" for a hub id (the server downloads it: needs network).
     model: str = "tiny"
     seed: int = 0
     continuous_batching: bool = False

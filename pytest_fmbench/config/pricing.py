@@ -232,7 +232,7 @@ def resolve_price(config: Config, experiment: Experiment, table: PriceTable) -> 
         return None  # local / bring-your-own without a named instance: no price, costs undefined
     keys = [instance_type]
     if backend == "sagemaker" and not instance_type.startswith("ml."):
-        keys.append(f"ml.{instance_type}")
+        keys.insert(0, f"ml.{instance_type}")  # SageMaker prices its ml.* types
     for key in keys:
         if key in table.instance_based:
             return Price("instance", key, source, hourly=table.instance_based[key], instance_count=count)

@@ -265,5 +265,5 @@ def close_stream(stream: Any) -> None:
     if close is not None:
         try:
             close()
-        except Exception:  # noqa: BLE001 - closing a broken stream may fail too
+        except Exception:  # noqa: BLE001, S110 - closing a broken stream may fail too
             pass

@@ -25,7 +25,8 @@ def resolve_local_model(model: str, seed: int = 0) -> Path:
             f"local model '{model}' is neither a preset ({', '.join(MODEL_PRESETS)}) "
             "nor a model directory",
             key="local.model",
-            fix="give a preset or the path of a local Hugging Face model directory",
+            fix="give a preset, the path of a local Hugging Face model directory, "
+            "or a hub id as 'hf:<org>/<name>' (needs network)",
         )
     return path
 
@@ -45,7 +46,9 @@ class LocalEndpoint:
         return self._server is not None
 
     def deploy(self) -> None:
-        self._model_dir = resolve_local_model(self.settings.model, self.settings.seed)
+        model = self.settings.model
+        hub_id = model.removeprefix("hf:") if model.startswith("hf:") else None
+        self._model_dir = Path(hub_id) if hub_id else resolve_local_model(model, self.settings.seed)
         log_path = self.context.results_dir / "logs" / f"{self.experiment.safe_name}-server.log"
         server = LocalServer(
             self._model_dir,
@@ -53,6 +56,7 @@ class LocalEndpoint:
             extra_args=self.settings.server_args,
             log_path=log_path,
             startup_timeout_s=self.settings.startup_timeout_s,
+            hub_id=hub_id,
         )
         self._server = server
         server.start()
@@ -72,6 +76,7 @@ class LocalEndpoint:
             stream=self.experiment.inference_spec.stream,
             timeout_s=self.timeout_s,
             count_tokens=self.context.count_tokens,
+            keep_text=False,
         )
 
     def describe(self) -> dict[str, Any]:

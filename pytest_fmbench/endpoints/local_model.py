@@ -268,7 +268,10 @@ class LocalServer:
     def __init__(self, model_dir: Path, *, continuous_batching: bool = False,
                  extra_args: Sequence[str] = (), host: str = "127.0.0.1",
                  port: int | None = None, log_path: Path | None = None,
-                 startup_timeout_s: float = 120.0) -> None:
+                 startup_timeout_s: float = 120.0, hub_id: str | None = None) -> None:
+        # A hub id (e.g. "HuggingFaceTB/SmolLM2-135M-Instruct") is served where the network
+        # allows; the server then downloads it itself, so it runs without the offline flags.
+        self.hub_id = hub_id
         self.model_dir = Path(model_dir)
         self.continuous_batching = continuous_batching
         self.extra_args = tuple(extra_args)
@@ -285,7 +288,7 @@ class LocalServer:
     @property
     def model_id(self) -> str:
         """The value the server accepts in a request's ``model`` field."""
-        return str(self.model_dir)
+        return self.hub_id or str(self.model_dir)
 
     @property
     def pid(self) -> int | None:
@@ -362,7 +365,7 @@ class LocalServer:
         return cmd + list(self.extra_args)
 
     def _check_model_dir(self) -> None:
-        if not (self.model_dir / "config.json").is_file():
+        if self.hub_id is None and not (self.model_dir / "config.json").is_file():
             raise EndpointError(f"no model directory at {self.model_dir} (config.json missing)",
                                 file=str(self.model_dir),
                                 fix="build one with pytest_fmbench.endpoints.local_model."
@@ -379,7 +382,7 @@ class LocalServer:
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(
                 self.command(port), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, env=_server_env(), start_new_session=True,
+                stderr=subprocess.STDOUT, env=_server_env(offline=self.hub_id is None), start_new_session=True,
                 preexec_fn=_die_with_parent_fn())  # noqa: PLW1509 - only prctl and getppid
         # Last resort for a forgotten stop(): runs at interpreter exit or garbage collection.
         self._finalizer = weakref.finalize(self, _kill_group, self._proc.pid)
@@ -436,11 +439,13 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def _server_env() -> dict[str, str]:
+def _server_env(offline: bool = True) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
-               # The CLI otherwise asks PyPI for a newer version on start.
-               HF_HUB_DISABLE_UPDATE_CHECK="1")
+    # The CLI otherwise asks PyPI for a newer version on start.
+    env.update(HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_UPDATE_CHECK="1")
+    if not offline:
+        return env
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     # /v1/models fails when the hub cache directory does not exist; give it one that does.
     home = Path(env.get("HF_HOME") or default_cache_dir().parent / "hf-home")
     (home / "hub").mkdir(parents=True, exist_ok=True)

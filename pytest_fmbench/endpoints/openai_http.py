@@ -66,6 +66,10 @@ class OpenAIClient:
     hand it to other processes; each opens its own pool on first use.
     """
 
+    # Each request is bounded by ``timeout_s`` here (aiohttp's total timeout): the load
+    # engine needs no timer of its own per request.
+    enforces_timeout = True
+
     def __init__(
         self,
         base_url: str,
@@ -77,6 +81,7 @@ class OpenAIClient:
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         count_tokens: Any = None,
+        keep_text: bool = True,
     ) -> None:
         root = base_url.rstrip("/")
         if not root.endswith("/v1"):
@@ -90,6 +95,10 @@ class OpenAIClient:
         self.extra_body = dict(extra_body or {})
         # Optional ``(text) -> int`` used when the server reports no usage.
         self.count_tokens = count_tokens
+        # The response text is only needed for the tokenizer fallback; decoding it costs.
+        self.keep_text = keep_text
+        # [prefix, suffix] of the last content event shape seen (see _read_stream).
+        self._shape: list[bytes] = [b"", b""]
         self._session: aiohttp.ClientSession | None = None
         self._bodies: dict[int, tuple[InferenceRequest, bytes]] = {}
 
@@ -143,7 +152,8 @@ class OpenAIClient:
                     result.error = classify_status(response.status)
                     result.error_detail = (await response.text())[:500]
                 elif self.stream:
-                    await _read_stream(response, result)
+                    await _read_stream(response, result, self._shape,
+                                       self.keep_text or self.count_tokens is not None)
                 else:
                     _read_body(await response.read(), result)
                     result.last_byte_ns = now_ns()
@@ -180,50 +190,60 @@ class OpenAIClient:
             self._session = None
 
 
-async def _read_stream(response: aiohttp.ClientResponse, result: InferenceResult) -> None:
-    """Read an SSE stream to its end, timestamping content chunks as they arrive."""
+async def _read_stream(response: aiohttp.ClientResponse, result: InferenceResult,
+                       shape: list[bytes], keep_text: bool) -> None:
+    """Read an SSE stream to its end, timestamping content chunks as they arrive.
+
+    ``shape`` is ``[prefix, suffix]`` of a content event (``data: `` included) learnt from an
+    earlier one, possibly of an earlier request of this client; it is updated in place.
+    """
     content = response.content
     readany = content.readany
     itl = result.itl_us
-    # Content pieces: raw JSON string bodies (bytes, fast path) or decoded text (str).
+    itl_append = itl.append
+    # Content pieces: the raw JSON string body of events matched by shape (bytes, decoded
+    # once at the end), or the text of parsed events (str).
     parts: list[bytes | str] = []
+    parts_append = parts.append
     usage: Mapping[str, Any] | None = None
     finished = done = False
     last = 0
-    prefix = suffix = b""
-    shape_len = 1 << 30  # no shape learnt yet: nothing matches
+    prefix, suffix = shape
+    shape_len = len(prefix) + len(suffix) if prefix else 1 << 30
+    head, tail = len(prefix), -len(suffix)
     pending = b""
+    crlf: bool | None = None
     while True:
         data = await readany()
         if not data:
             break
         arrived = now_ns()
+        if crlf is None:
+            crlf = b"\r" in data
+        if crlf:
+            data = data.replace(b"\r\n", b"\n")
         if pending:
             data = pending + data
-        lines = data.split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            if not line.startswith(b"data:"):
-                continue  # blank separators, comments, event:/id: fields
-            payload = line[5:].strip()
-            if len(payload) > shape_len and payload.startswith(prefix) and payload.endswith(suffix):
-                # A content chunk shaped like the last parsed one (the hot path).
+        events = data.split(b"\n\n")
+        pending = events.pop()
+        for event in events:
+            if len(event) > shape_len and event.startswith(prefix) and event.endswith(suffix):
+                # A content event shaped like an earlier parsed one: the hot path.
                 if last:
-                    itl.append((arrived - last) // 1000)
+                    itl_append((arrived - last) // 1000)
                 else:
                     result.first_token_ns = arrived
                 last = arrived
-                parts.append(payload[len(prefix):len(payload) - len(suffix)])
+                parts_append(event[head:tail])
                 continue
+            payload = _event_data(event)
+            if payload is None:
+                continue  # comments, event:/id:/retry: fields only
             if payload == b"[DONE]":
                 done = True
                 result.last_byte_ns = arrived
                 continue
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                result.error, result.error_detail = "bad_response", payload[:200].decode(errors="replace")
-                return
+            chunk = _parse_json(payload)
             if not isinstance(chunk, dict):
                 result.error, result.error_detail = "bad_response", payload[:200].decode(errors="replace")
                 return
@@ -243,22 +263,23 @@ async def _read_stream(response: aiohttp.ClientResponse, result: InferenceResult
                         result.first_reasoning_ns = arrived
                 if text:
                     if last:
-                        itl.append((arrived - last) // 1000)
+                        itl_append((arrived - last) // 1000)
                     else:
                         result.first_token_ns = arrived
                     last = arrived
-                    parts.append(text)
+                    parts_append(text)
                 else:
                     plain_text = False
                 if choice.get("finish_reason"):
                     finished = True
                     plain_text = False
-            if plain_text:
-                # Learn this content chunk's shape: later ones like it skip the JSON parser.
-                shape = _content_shape(payload)
-                if shape is not None:
-                    prefix, suffix = shape
+            if plain_text and event.startswith(b"data:"):
+                # Learn this content event's shape: later ones like it skip the JSON parser.
+                learnt = _content_shape(event)
+                if learnt is not None:
+                    prefix, suffix = shape[0], shape[1] = learnt
                     shape_len = len(prefix) + len(suffix)
+                    head, tail = len(prefix), -len(suffix)
         if done and content.at_eof():
             break
     if done and not content.at_eof():
@@ -268,13 +289,35 @@ async def _read_stream(response: aiohttp.ClientResponse, result: InferenceResult
     if not (done or finished):
         result.error = "stream_truncated"
         result.error_detail = "the stream ended before [DONE] or a finish_reason"
-    result.text = _join_text(parts)
     if usage:
         _apply_usage(usage, result)
     elif result.first_token_ns is not None:
         # Without usage, content chunks are the best count we have until the tokenizer.
         result.completion_tokens = len(itl) + 1
         result.token_source = "estimate"
+    if keep_text or not usage:
+        result.text = _join_text(parts)
+
+
+_RAW_DECODE = json.JSONDecoder().raw_decode
+
+
+def _parse_json(payload: bytes) -> Any:
+    """``json.loads`` for one event, minus its encoding detection; None if not JSON."""
+    try:
+        text = payload.decode()
+        value, end = _RAW_DECODE(text)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if end == len(text) else None
+
+
+def _event_data(event: bytes) -> bytes | None:
+    """The data of one SSE event (its ``data:`` lines joined), or None if it has none."""
+    if event.startswith(b"data:") and b"\n" not in event:
+        return event[5:].strip()
+    lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None
 
 
 async def _drain(content: aiohttp.StreamReader) -> None:
@@ -287,39 +330,35 @@ async def _drain(content: aiohttp.StreamReader) -> None:
         pass  # the response is complete; only this connection is lost
 
 
-def _content_shape(payload: bytes) -> tuple[bytes, bytes] | None:
-    """(prefix, suffix) around the one text value of a content chunk, or None if unclear."""
-    keys = [k for k in (b'"text":', b'"content":') if k in payload]
-    if len(keys) != 1 or payload.count(keys[0]) != 1:
+def _content_shape(event: bytes) -> tuple[bytes, bytes] | None:
+    """(prefix, suffix) around the one text value of a content event, or None if unclear."""
+    keys = [k for k in (b'"text":', b'"content":') if k in event]
+    if len(keys) != 1 or event.count(keys[0]) != 1 or b"\n" in event:
         return None
-    start = payload.index(keys[0]) + len(keys[0])
-    while payload[start:start + 1] == b" ":
+    start = event.index(keys[0]) + len(keys[0])
+    while event[start:start + 1] == b" ":
         start += 1
-    if payload[start:start + 1] != b'"':
+    if event[start:start + 1] != b'"':
         return None
     start += 1
     end = start
     while True:
-        end = payload.find(b'"', end)
+        end = event.find(b'"', end)
         if end < 0:
             return None
         backslashes = 0
-        while payload[end - 1 - backslashes] == 0x5C:  # "\\"
+        while event[end - 1 - backslashes] == 0x5C:  # "\\"
             backslashes += 1
         if backslashes % 2 == 0:
             break
         end += 1
     if end == start:
         return None
-    return payload[:start], payload[end:]
+    return event[:start], event[end:]
 
 
 def _join_text(parts: list[bytes | str]) -> str:
-    if not parts:
-        return ""
-    if all(isinstance(p, str) for p in parts):
-        return "".join(parts)  # type: ignore[arg-type]
-    out = []
+    out: list[str] = []
     raw: list[bytes] = []
     for part in parts:
         if isinstance(part, bytes):

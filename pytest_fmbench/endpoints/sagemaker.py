@@ -236,7 +236,7 @@ class SageMakerEndpoint:
                     instance_type=experiment.instance_type, accept_eula=experiment.accept_eula)
             except TypeError:  # older SDKs: no accept_eula
                 container = model.prepare_container_def(instance_type=experiment.instance_type)
-        except Exception as exc:  # noqa: BLE001 - the SDK raises many kinds
+        except Exception as exc:  # the SDK raises many kinds
             raise EndpointError(
                 f"resolving JumpStart model '{experiment.model_id}' failed: {exc}",
                 key=f"experiments ({experiment.name}).model_id",

@@ -88,6 +88,9 @@ class Dispatcher:
         self.plan = plan
         self.monitor = monitor
         self.guard_s = plan.timeout_s + HANG_GRACE_S
+        # A client that bounds each request by itself (``enforces_timeout = True``) needs no
+        # second timer per request from here.
+        self.guarded = not getattr(client, "enforces_timeout", False)
         self.saturation_ns = int(plan.saturation_ms * 1e6)
         self.in_flight = 0
 
@@ -97,8 +100,11 @@ class Dispatcher:
         self.in_flight += 1
         started = now_ns()
         try:
-            # The client enforces the request timeout; this bound only catches one that hangs.
-            async with asyncio.timeout(self.guard_s):
+            if self.guarded:
+                # The client should enforce the timeout; this bound catches one that hangs.
+                async with asyncio.timeout(self.guard_s):
+                    result = await self.client.invoke(request)
+            else:
                 result = await self.client.invoke(request)
         except TimeoutError:
             result = _failed(started, "timeout", f"no response within {self.plan.timeout_s} s")

@@ -32,7 +32,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -164,7 +164,7 @@ class AwsRuntimeEmulator:
     def url(self) -> str:
         return f"http://{self._host}:{self._port}"
 
-    def start(self) -> AwsRuntimeEmulator:
+    def start(self) -> Self:
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -197,9 +197,9 @@ class AwsRuntimeEmulator:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
-        server = site._server  # noqa: SLF001 - the only way to learn the bound port
+        server = site._server  # the only way to learn the bound port
         assert server is not None
-        self._port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     def stop(self) -> None:
         loop, thread = self._loop, self._thread
@@ -211,8 +211,9 @@ class AwsRuntimeEmulator:
         thread.join(10)
         self._loop = self._thread = None
 
-    def __enter__(self) -> AwsRuntimeEmulator:
-        return self.start()
+    def __enter__(self) -> Self:
+        self.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -1,0 +1,61 @@
+"""pytest-xdist integration: one experiment per worker, and ``-n auto`` sized by experiments.
+
+``--dist loadgroup`` is broken on pytest 9.2 + xdist 3.8 (every worker deploys every
+endpoint), so cases are scheduled by a ``LoadScopeScheduling`` whose scope is the experiment:
+all cases of one experiment run on one worker (one deploy, one teardown), and different
+experiments run on different workers. Only imported when xdist is installed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from xdist.scheduler import LoadScopeScheduling
+
+SCOPE_PREFIX = "fmbench-experiment::"
+
+
+def param_id(nodeid: str) -> str | None:
+    """``path::test[alpha-payload_x-c2]`` → ``alpha-payload_x-c2``."""
+    if not nodeid.endswith("]") or "[" not in nodeid:
+        return None
+    return nodeid[nodeid.index("[") + 1 : -1]
+
+
+def experiment_of(nodeid: str, case_experiments: Mapping[str, str]) -> str | None:
+    """The experiment of a case's node id, also when other parameters join the case id."""
+    param = param_id(nodeid)
+    if param is None:
+        return None
+    if param in case_experiments:
+        return case_experiments[param]
+    # ``pytest.mark.parametrize`` on the same test joins ids with "-": find the case id part.
+    parts = param.split("-")
+    for start in range(len(parts)):
+        for end in range(len(parts), start, -1):
+            candidate = "-".join(parts[start:end])
+            if candidate in case_experiments:
+                return case_experiments[candidate]
+    return None
+
+
+class ExperimentScheduling(LoadScopeScheduling):
+    """Scope = experiment for benchmark cases; xdist's default (module) for other tests."""
+
+    def __init__(self, config: Any, log: Any = None, *,
+                 case_experiments: Mapping[str, str]) -> None:
+        super().__init__(config, log)
+        self.case_experiments = dict(case_experiments)
+
+    def _split_scope(self, nodeid: str) -> str:
+        experiment = experiment_of(nodeid, self.case_experiments)
+        if experiment is None:
+            return str(super()._split_scope(nodeid))
+        return SCOPE_PREFIX + experiment
+
+
+def auto_workers(experiments: int, cpus: int | None = None) -> int:
+    """``-n auto``: one worker per experiment, capped by the CPUs (at least one)."""
+    return max(1, min(experiments, cpus or os.cpu_count() or 1))
