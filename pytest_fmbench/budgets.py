@@ -265,7 +265,7 @@ class Violation:
 
 
 def _stem(payload_file: str) -> str:
-    return payload_file[:-6] if payload_file.endswith(".jsonl") else payload_file
+    return payload_file.removesuffix(".jsonl")
 
 
 def evaluate(metrics: pd.DataFrame, budgets: BudgetSet) -> tuple[pd.Series, list[Violation]]:

@@ -318,7 +318,9 @@ def _attach_info(out: pd.DataFrame, info: Mapping[str, ExperimentInfo]) -> None:
 
 
 def _attach_money(out: pd.DataFrame, prices: Mapping[str, Price | None]) -> None:
-    kind, per_hour, per_txn = [], [], []
+    kind: list[str | None] = []
+    per_hour: list[float] = []
+    per_txn: list[float] = []
     for row in out.itertuples(index=False):
         price = prices.get(row.experiment)
         if price is None:

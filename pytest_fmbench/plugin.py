@@ -22,7 +22,9 @@ from pytest_fmbench.load.summary import format_summary
 from pytest_fmbench.report.session import (
     ReportSettings, SessionReport, case_failure_message, case_violations, finish, prepare,
 )
-from pytest_fmbench.run import BenchmarkRun, CaseResult, new_run_id
+from pytest_fmbench.report.ci import junit_properties, write_step_summary
+from pytest_fmbench.report.history import parse_thresholds, resolve_baseline
+from pytest_fmbench.run import BenchmarkRun, CaseResult, cleanup_orphans, new_run_id
 
 RUN_KEY = pytest.StashKey[BenchmarkRun]()
 CASES_KEY = pytest.StashKey[list[Case]]()
@@ -35,7 +37,10 @@ NO_CONFIG = (
     "(or set FMBENCH_CONFIG, or the ini option fmbench_config), "
     "e.g. pytest benchmarks/ --fmbench-config=configs/quickstart.yml"
 )
-USER_PROPERTY = "fmbench"
+# The case summary rides on the call report (xdist ships report attributes to the controller).
+REPORT_ATTRIBUTE = "fmbench"
+CASE_SUMMARY_KEY = pytest.StashKey[dict[str, Any]]()
+CONTROLLER = "fmbench-controller"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -56,6 +61,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     choices=["best", "every"], help="best (default): fail unless some combination "
                     "of the dataset of interest meets every budget; every: each case fails its own "
                     "test when it violates a budget. Env: FMBENCH_GATE; ini: fmbench_gate.")
+    group.addoption("--fmbench-compare", dest="fmbench_compare", metavar="RUN", default=None,
+                    help="compare with an earlier run: its benchmark.json, its results dir, its "
+                    "run id under results/<name>/, or 'latest'.")
+    group.addoption("--fmbench-compare-fail", dest="fmbench_compare_fail", action="append",
+                    default=[], metavar="METRIC:+N%", help="fail on a regression against "
+                    "--fmbench-compare, e.g. latency_p95:+10%,tpm:-10% (repeatable).")
     parser.addini("fmbench_config", "benchmark config file (FMBench-compatible YAML)")
     parser.addini("fmbench_gate", "budget gate mode: best or every")
     parser.addini("fmbench_results_dir", "directory for records and the report")
@@ -108,6 +119,8 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{marker}: pytest-fmbench experiment marker")
 
     workerinput: dict[str, Any] = getattr(config, "workerinput", {})
+    if not workerinput:
+        _prepare_comparison(config, report_settings, bench_config.general.name)
     run_id = workerinput.get("fmbench_run_id") or new_run_id()
     results = workerinput.get("fmbench_results_dir") or _setting(
         config, "fmbench_results_dir", "FMBENCH_RESULTS_DIR")
@@ -126,10 +139,27 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[CASES_KEY] = cases
     config.stash[REPORT_SETTINGS_KEY] = report_settings
     if not hasattr(config, "workerinput"):
-        config.pluginmanager.register(CaseLines(config), "fmbench-case-lines")
+        config.pluginmanager.register(Controller(config, cases), CONTROLLER)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(run), "fmbench-xdist")
     _install_sigterm(config)
+
+
+def _prepare_comparison(config: pytest.Config, settings: ReportSettings, name: str) -> None:
+    reference = config.getoption("fmbench_compare")
+    specs = config.getoption("fmbench_compare_fail")
+    if specs and not reference:
+        raise pytest.UsageError("--fmbench-compare-fail needs --fmbench-compare=<earlier run>\n"
+                                "  fix: add --fmbench-compare=latest (or a run id or path)")
+    if not reference:
+        return
+    base = config.invocation_params.dir
+    try:
+        settings.thresholds = parse_thresholds(specs)
+        settings.baseline = resolve_baseline(reference, invocation_dir=base,
+                                             results_root=base / "results" / name)
+    except ConfigError as exc:
+        raise pytest.UsageError(exc.render()) from None
 
 
 def _logger(config: pytest.Config) -> Callable[[str], None]:
@@ -250,6 +280,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if run is None:
         return
     run.close()
+    if not hasattr(session.config, "workerinput"):
+        # Endpoints of crashed workers were never torn down by them: do it here.
+        cleanup_orphans(run)
     if not hasattr(session.config, "workerinput") and run.results_dir.exists():
         run.write_metadata({"args": list(session.config.invocation_params.args)})
         _finish_report(session, run)
@@ -260,8 +293,11 @@ def _finish_report(session: pytest.Session, run: BenchmarkRun) -> None:
     settings = session.config.stash.get(REPORT_SETTINGS_KEY, None)
     if settings is None:
         return
-    outcome = finish(run.results_dir, run.config, settings)
+    controller = session.config.pluginmanager.get_plugin(CONTROLLER)
+    missing = controller.missing if controller is not None else []
+    outcome = finish(run.results_dir, run.config, settings, missing_cases=missing)
     session.config.stash[SESSION_REPORT_KEY] = outcome
+    write_step_summary(outcome)
     if not outcome.passed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -287,21 +323,52 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-class CaseLines:
-    """Prints one line per finished case (on the controller, also under xdist)."""
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    summary = item.stash.get(CASE_SUMMARY_KEY, None)
+    if call.when == "call" and summary is not None:
+        setattr(outcome.get_result(), REPORT_ATTRIBUTE, summary)
 
-    def __init__(self, config: pytest.Config) -> None:
+
+class Controller:
+    """Controller-side hooks (also under xdist): one line per finished case, and which
+    selected cases never completed (a crashed worker, a failed deploy)."""
+
+    def __init__(self, config: pytest.Config, cases: list[Case]) -> None:
         self.config = config
+        self.case_ids = {case.id: case.experiment for case in cases}
+        self.expected: list[str] = []
+        self.completed: set[str] = set()
+
+    def _is_case(self, nodeid: str) -> bool:
+        from pytest_fmbench.xdist import experiment_of
+
+        return experiment_of(nodeid, self.case_ids) is not None
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.expected = [item.nodeid for item in session.items if _case_of(item) is not None]
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if not self.expected:
+            self.expected = [nodeid for nodeid in ids if self._is_case(nodeid)]
+
+    @property
+    def missing(self) -> list[str]:
+        return [nodeid.split("::", 1)[-1] for nodeid in self.expected
+                if nodeid not in self.completed]
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
             return
+        self.completed.add(report.nodeid)
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        for name, value in report.user_properties:
-            if name == USER_PROPERTY and isinstance(value, dict) and reporter is not None:
-                reporter.ensure_newline()
-                reporter.write_line(format_summary(value["case"], value["summary"]))
+        value = getattr(report, REPORT_ATTRIBUTE, None)
+        if isinstance(value, dict) and reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(format_summary(value["case"], value["summary"]))
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -353,8 +420,9 @@ def fmbench_load(fmbench_case: Case, fmbench_endpoint: Endpoint,
         except FmbenchError as exc:
             failure = exc.render()
         else:
-            request.node.user_properties.append(
-                (USER_PROPERTY, {"case": fmbench_case.id, "summary": result.summary}))
+            request.node.stash[CASE_SUMMARY_KEY] = {"case": fmbench_case.id, "summary": result.summary}
+            # Flat properties land in --junitxml as <property name="fmbench.tpm" .../>.
+            request.node.user_properties.extend(junit_properties(result.summary))
             settings = request.config.stash.get(REPORT_SETTINGS_KEY, None)
             if settings is None or settings.mode != "every":
                 return result

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pytest_fmbench import __version__
+from pytest_fmbench.clock import now_ns as clock_now
 from pytest_fmbench.cases import Case
 from pytest_fmbench.config.model import Config, Experiment
 from pytest_fmbench.data.payloads import PayloadFilter, build_payload_files, load_payloads
@@ -234,3 +235,40 @@ def experiment_case_counts(cases: Sequence[Case]) -> dict[str, int]:
     for case in cases:
         counts[case.experiment] = counts.get(case.experiment, 0) + 1
     return counts
+
+
+def cleanup_orphans(run: BenchmarkRun) -> list[str]:
+    """Controller: tear down what crashed xdist workers deployed and never tore down.
+
+    A backend opts in with a ``cleanup_orphan(config, experiment, context, description)``
+    classmethod that deletes from the description its endpoint logged at deploy time.
+    """
+    from pytest_fmbench.endpoints.lifecycle import (
+        orphaned_deploys, read_endpoint_events, record_teardown,
+    )
+    from pytest_fmbench.endpoints.registry import backend_factory
+
+    done = []
+    for path in sorted(run.results_dir.glob("endpoints-*.jsonl")):
+        for event in orphaned_deploys(read_endpoint_events(path)):
+            name, description = event["experiment"], event.get("endpoint") or {}
+            experiment = run.config.experiment(name)
+            factory = backend_factory(experiment.resolved_backend or "")
+            cleanup = getattr(factory, "cleanup_orphan", None)
+            if cleanup is None:
+                run.log(f"[fmbench] WARNING: the endpoint of '{name}' was deployed by a worker "
+                        f"that died and may still be running: {description}")
+                continue
+            start = clock_now()
+            error = ""
+            try:
+                cleanup(run.config, experiment, EndpointContext(run.run_id, run.results_dir, run.log),
+                        description)
+                run.log(f"[fmbench] tore down the endpoint of '{name}' left by a crashed worker")
+            except Exception as exc:  # noqa: BLE001 - report it and keep cleaning up
+                error = f"{type(exc).__name__}: {exc}"
+                run.log(f"[fmbench] WARNING: could not tear down '{name}' left by a crashed "
+                        f"worker: {error}")
+            record_teardown(run.results_dir / "endpoints.jsonl", name, start, error, description)
+            done.append(name)
+    return done

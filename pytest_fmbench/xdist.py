@@ -49,6 +49,27 @@ class ExperimentScheduling(LoadScopeScheduling):
         super().__init__(config, log)
         self.case_experiments = dict(case_experiments)
 
+    def remove_node(self, node: Any) -> str | None:
+        """A crashed worker: re-queue only its unfinished work, never the case it died in.
+
+        xdist 3.8's version re-queues completed work units too; a replacement worker then
+        receives an empty unit and the run hangs. The case running at the crash is reported
+        as crashed by xdist and counted as missing by the report, not re-run.
+        """
+        workload = self.assigned_work.pop(node)
+        pending = [(scope, nodeid) for scope, unit in workload.items()
+                   for nodeid, done in unit.items() if not done]
+        if not pending:
+            return None
+        scope, crashed = pending[0]
+        workload[scope][crashed] = True
+        for unit_scope, unit in workload.items():
+            if not all(unit.values()):
+                self.workqueue[unit_scope] = unit
+        for other in self.assigned_work:
+            self._reschedule(other)
+        return crashed
+
     def _split_scope(self, nodeid: str) -> str:
         experiment = experiment_of(nodeid, self.case_experiments)
         if experiment is None:

@@ -58,7 +58,7 @@ def openai_config(url: str, *, name: str = "e2e", report: str = "") -> str:
 
 RECORDING_BACKEND = '''
 """A backend that records its lifecycle to a file and answers instantly."""
-import json, os, time
+import json, os, signal, subprocess, time
 from pytest_fmbench.clock import now_ns
 from pytest_fmbench.endpoints.base import InferenceResult
 
@@ -86,37 +86,59 @@ class Client:
         pass
 
 
+class CrashingClient(Client):
+    """Kills its own process (an xdist worker) once, on its first request."""
+
+    async def invoke(self, request):
+        flag = os.environ["FMBENCH_TEST_CRASH_FLAG"]
+        if not os.path.exists(flag):
+            open(flag, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return await super().invoke(request)
+
+
 class RecordingEndpoint:
+    """Its "server" is a real process (sleep), so a leftover endpoint is visible."""
+
     def __init__(self, config, experiment, context):
         self.name = experiment.name
-        self._up = False
+        self._server = None
         self.fail = "fail" in experiment.markers
+        self.crash = "crash" in experiment.markers
         self.delay = float(os.environ.get("FMBENCH_TEST_DELAY", "0"))
 
     @property
     def deployed_by_us(self):
-        return self._up
+        return self._server is not None
 
     def deploy(self):
         note("deploy", self.name)
-        self._up = True
+        self._server = subprocess.Popen(["sleep", "300"], start_new_session=True)
         if self.fail:
             raise RuntimeError("the instance type is not available")
 
     def teardown(self):
         note("teardown", self.name)
-        self._up = False
+        server, self._server = self._server, None
+        if server is not None:
+            server.kill()
+            server.wait()
+
+    @classmethod
+    def cleanup_orphan(cls, config, experiment, context, description):
+        note("orphan-teardown", experiment.name)
+        os.killpg(description["pid"], signal.SIGKILL)
 
     def client(self):
-        return Client(self.name, self.delay)
+        return (CrashingClient if self.crash else Client)(self.name, self.delay)
 
     def describe(self):
-        return {"backend": "recording", "pid": os.getpid()}
+        return {"backend": "recording", "pid": self._server.pid if self._server else None}
 '''
 
 
 def recording_config(*, fail_beta: bool = False, concurrency: str = "[1, 2]",
-                     iters: int = 2) -> str:
+                     iters: int = 2, extra: str = "") -> str:
     markers = "[fail]" if fail_beta else "[]"
     return textwrap.dedent(f"""\
         general: {{name: rec}}
@@ -138,7 +160,7 @@ def recording_config(*, fail_beta: bool = False, concurrency: str = "[1, 2]",
             payload_files: [payload_a.jsonl]
             concurrency_levels: {concurrency}
             markers: {markers}
-        """)
+        """) + extra
 
 
 def read_lines(path: Path) -> list[str]:
@@ -153,3 +175,29 @@ def rows(path: Path) -> list[dict[str, Any]]:
     import json
 
     return [json.loads(line) for line in read_lines(path)]
+
+
+def experiment_block(name: str, *, concurrency: str = "[1, 2]", markers: str = "[]") -> str:
+    """One more recording experiment, indented to follow ``recording_config``'s list."""
+    return textwrap.indent(textwrap.dedent(f"""\
+          - name: {name}
+            backend: "recording_backend:RecordingEndpoint"
+            price_per_hour: 1.0
+            payload_files: [payload_a.jsonl]
+            concurrency_levels: {concurrency}
+            markers: {markers}
+        """), "  ")
+
+
+def alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

@@ -72,8 +72,9 @@ def test_streaming_with_server_usage(serve, api: str) -> None:
     ttft = result.first_token_ns - result.sent_ns
     assert 95 * MS <= ttft < 400 * MS
     assert len(result.itl_us) == 4
-    for gap in result.itl_us:
-        assert 15 * US <= gap < 150 * US
+    # One late wake-up shortens the next gap, so bound each gap loosely and their sum tightly.
+    assert all(0 <= gap < 150 * US for gap in result.itl_us)
+    assert sum(result.itl_us) >= 4 * 15 * US
     assert result.last_byte_ns >= result.first_token_ns + 4 * 15 * MS
 
     body = server.stats.bodies[0]

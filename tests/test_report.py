@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from pytest_fmbench.load.columnar import ColumnarRecordWriter
 from pytest_fmbench.report import build_report, plots
 from pytest_fmbench.report.exports import FMBENCH_METRIC_COLUMNS, REDACTED, redact
 from pytest_fmbench.report.session import finish, prepare
-from tests.metrics_vector import EVENTS, P1, P2, vector_records
+from tests.metrics_vector import EVENTS, vector_records
 
 CONFIG = """\
 general: {name: vector}
@@ -207,7 +206,7 @@ def test_finish_fails_the_gate_and_summarizes(tmp_path: Path) -> None:
 
 def test_finish_survives_a_broken_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder, config = results_dir(tmp_path)
-    import pytest_fmbench.report as report
+    from pytest_fmbench import report
 
     monkeypatch.setattr(report, "analyze", lambda *a, **k: (_ for _ in ()).throw(ValueError("bug")))
     outcome = finish(folder, config, prepare(config))

@@ -64,3 +64,72 @@ def test_auto_gives_one_worker_per_experiment(pytester: pytest.Pytester, recordi
                                            "-n", "auto", "--fmbench-config=cfg.yml")
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*2 workers*"])
+
+
+def _run_dir(base: Path) -> Path:
+    return base
+
+
+def _span_s(results: Path) -> float:
+    """Wall time of the benchmark itself: first deploy start to last teardown end."""
+    events = []
+    for path in results.glob("endpoints*.jsonl"):
+        events += rows(path)
+    return (max(e["end_ns"] for e in events) - min(e["start_ns"] for e in events)) / 1e9
+
+
+def _metrics(results: Path) -> dict[str, dict[str, str]]:
+    import csv
+
+    with open(results / "all_metrics.csv") as handle:
+        return {f"{r['experiment_name']}|{r['payload_file']}|{r['concurrency']}": r
+                for r in csv.DictReader(handle)}
+
+
+def test_three_experiments_in_parallel_take_half_the_time_and_report_the_same(
+        pytester: pytest.Pytester, recording: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.e2e_support import experiment_block
+
+    monkeypatch.setenv("FMBENCH_TEST_DELAY", "0.1")
+    pytester.makefile(".yml", cfg=recording_config(iters=8, extra=experiment_block("gamma")))
+    args = ("-p", "no:randomly", "-p", "no:cacheprovider", "--fmbench-config=cfg.yml")
+    serial = pytester.runpytest_subprocess(*args, "-n", "0", "--fmbench-results-dir=serial")
+    serial.assert_outcomes(passed=6)
+    recording.unlink()
+    parallel = pytester.runpytest_subprocess(*args, "-n", "3", "--fmbench-results-dir=parallel")
+    parallel.assert_outcomes(passed=6)
+    assert sorted(read_lines(recording)) == sorted(
+        f"{event} {name}" for name in ("alpha", "beta", "gamma") for event in ("deploy", "teardown"))
+    serial_s, parallel_s = _span_s(pytester.path / "serial"), _span_s(pytester.path / "parallel")
+    assert parallel_s <= serial_s / 2, (serial_s, parallel_s)
+    one, other = _metrics(pytester.path / "serial"), _metrics(pytester.path / "parallel")
+    assert sorted(one) == sorted(other) and len(one) == 6
+    for key in one:
+        assert one[key]["transactions"] == other[key]["transactions"]
+        assert float(one[key]["error_rate"]) == float(other[key]["error_rate"]) == 0.0
+        assert float(other[key]["latency_p50"]) == pytest.approx(float(one[key]["latency_p50"]), rel=0.25)
+
+
+def test_a_killed_worker_loses_only_its_case_and_fails_the_run(
+        pytester: pytest.Pytester, recording: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.e2e_support import alive, experiment_block
+
+    monkeypatch.setenv("FMBENCH_TEST_CRASH_FLAG", str(pytester.path / "crashed"))
+    pytester.makefile(".yml", cfg=recording_config(
+        extra=experiment_block("crashy", markers="[crash]")))
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider", "-n", "2",
+                                           "--fmbench-config=cfg.yml", "--fmbench-results-dir=out")
+    assert result.ret != 0
+    output = result.stdout.str()
+    assert "missing cases (1)" in output
+    assert "test_benchmark[crashy-payload_a-c1]" in output.split("missing cases (1)")[1]
+    report = (pytester.path / "out" / "report.md").read_text()
+    assert "crashy-payload_a-c1" in report.split("## Missing cases")[1]
+    measured = {line.split(",")[0] for line in (pytester.path / "out" / "all_metrics.csv").read_text().splitlines()[1:]}
+    assert {"alpha", "beta"} <= measured
+    # The crashed worker's endpoint was torn down by the controller; every other one by its worker.
+    assert "orphan-teardown crashy" in read_lines(recording)
+    for path in (pytester.path / "out").glob("endpoints*.jsonl"):
+        for event in rows(path):
+            if event["event"] == "deploy" and event["endpoint"].get("pid"):
+                assert not alive(event["endpoint"]["pid"]), event

@@ -20,7 +20,7 @@ import asyncio
 import json
 import os
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 _NOW = time.perf_counter_ns
 
@@ -50,7 +50,7 @@ def render(chunks: int) -> tuple[bytes, bytes]:
 
 
 class Server(asyncio.Protocol):
-    holds: dict[int, int] = {}
+    holds: ClassVar[dict[int, int]] = {}
     first: bytes = b""
     rest: bytes = b""
     delay: float = 0.0

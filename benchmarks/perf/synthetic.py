@@ -70,8 +70,6 @@ def write_results_dir(folder: Path, table: pa.Table, *, processes: int = 2, batc
     The JSON lines are written by pandas (fast); the Arrow side file records, per batch, the
     byte range of the JSON lines it copies, exactly as ``ColumnarRecordWriter`` does.
     """
-    import pandas as pd
-
     folder.mkdir(parents=True, exist_ok=True)
     share = -(-table.num_rows // processes)
     for index in range(processes):

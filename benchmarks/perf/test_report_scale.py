@@ -22,7 +22,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from synthetic import EXPERIMENTS, PAYLOADS, synthetic_table, write_results_dir  # noqa: E402
+from synthetic import EXPERIMENTS, PAYLOADS, synthetic_table, write_results_dir
 
 RECORDS = int(os.environ.get("FMBENCH_PERF_RECORDS", "1000000"))
 TARGET_S = 10.0

@@ -65,7 +65,7 @@ class CommandServer:
             self._proc = subprocess.Popen(
                 ["/bin/sh", "-c", self.command], stdin=subprocess.DEVNULL, stdout=self._log,
                 stderr=subprocess.STDOUT, env=env, cwd=self.cwd, start_new_session=True,
-                preexec_fn=_die_with_parent_fn())
+                preexec_fn=_die_with_parent_fn())  # noqa: PLW1509 - only set on the main thread
         except OSError as exc:
             self.stop()
             raise EndpointError(f"cannot run the deploy command: {exc}", key=self.key,

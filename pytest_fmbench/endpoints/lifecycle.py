@@ -130,3 +130,23 @@ def read_endpoint_events(path: Path) -> list[dict[str, Any]]:
         return []
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.endswith("\n")]
+
+
+def orphaned_deploys(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Deploys of one process's events file that no teardown followed (a crashed worker)."""
+    last: dict[str, dict[str, Any]] = {}
+    for event in events:
+        last[event["experiment"]] = event
+    return [e for e in last.values()
+            if e["event"] == "deploy" and e["ok"] and e.get("deployed_by_us")]
+
+
+def record_teardown(events_path: Path, experiment: str, start: int, error: str,
+                    endpoint: dict[str, Any]) -> None:
+    """A teardown done on another process's behalf (so cost sees when the endpoint ended)."""
+    row = {"experiment": experiment, "event": "teardown", "start_ns": start, "end_ns": now_ns(),
+           "ok": not error, "error": error, "deployed_by_us": True, "endpoint": endpoint,
+           "orphan": True}
+    events_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(events_path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row, default=str) + "\n")

@@ -7,7 +7,9 @@ from typing import Any
 
 from pytest_fmbench.config.model import Config, Experiment, LocalSettings
 from pytest_fmbench.endpoints.base import EndpointClient
-from pytest_fmbench.endpoints.local_model import LocalServer, ModelSpec, ensure_model
+from pytest_fmbench.endpoints.local_model import (
+    LocalServer, ModelSpec, ensure_model, stop_process_group,
+)
 from pytest_fmbench.endpoints.openai_http import OpenAIClient
 from pytest_fmbench.endpoints.registry import EndpointContext
 from pytest_fmbench.errors import EndpointError
@@ -44,6 +46,14 @@ class LocalEndpoint:
     @property
     def deployed_by_us(self) -> bool:
         return self._server is not None
+
+    @classmethod
+    def cleanup_orphan(cls, config: Config, experiment: Experiment, context: EndpointContext,
+                       description: dict[str, Any]) -> None:
+        """Stop a server whose deploying process died (its pid was logged at deploy)."""
+        pid = description.get("pid")
+        if isinstance(pid, int):
+            stop_process_group(pid)
 
     def deploy(self) -> None:
         model = self.settings.model

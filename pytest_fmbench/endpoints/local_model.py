@@ -504,6 +504,19 @@ def _kill_group(pgid: int) -> None:
     _signal_group(pgid, signal.SIGKILL)
 
 
+def stop_process_group(pgid: int, timeout_s: float = 10.0) -> None:
+    """SIGTERM a server's process group that is not our child, then SIGKILL what remains."""
+    _signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.1)
+    _kill_group(pgid)
+
+
 def _fix_for(log_tail: str) -> str:
     lowered = log_tail.lower()
     if "no module named" in lowered or "missing dependencies for serving" in lowered:

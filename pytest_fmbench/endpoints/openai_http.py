@@ -59,6 +59,32 @@ def classify_status(status: int) -> str:
     return "http_5xx"
 
 
+class _TimedRequest(aiohttp.ClientRequest):
+    """Notes when the request's bytes are handed to the transport (METRICS.md: ``sent``).
+
+    aiohttp writes the body (coalesced with the headers) from a task of its own; on Python
+    3.11 that task runs one loop iteration after ``post()`` started, later still when the
+    loop is busy. Timestamping there keeps that wait out of latency and in the client's
+    dispatch delay, where it belongs.
+    """
+
+    sent_ns = 0
+
+    async def write_bytes(self, *args: Any, **kwargs: Any) -> None:
+        self.sent_ns = now_ns()
+        await super().write_bytes(*args, **kwargs)
+
+    async def send(self, conn: Any) -> aiohttp.ClientResponse:
+        response = await super().send(conn)
+        response._fmbench_request = self  # type: ignore[attr-defined]
+        return response
+
+
+def _sent_ns(response: aiohttp.ClientResponse, fallback: int) -> int:
+    request = getattr(response, "_fmbench_request", None)
+    return getattr(request, "sent_ns", 0) or fallback
+
+
 class OpenAIClient:
     """Sends one request per ``invoke`` over a shared connection pool.
 
@@ -137,38 +163,54 @@ class OpenAIClient:
         session = self._session
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-            session = self._session = aiohttp.ClientSession(connector=connector,
-                                                            timeout=self.timeout)
+            session = self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self.timeout, request_class=_TimedRequest)
         return session
 
     async def invoke(self, request: InferenceRequest) -> InferenceResult:
         session = self._session_or_new()
         data = self._body(request)
         result = InferenceResult(sent_ns=now_ns(), last_byte_ns=0)
+        # (arrival ns, bytes) of each read of a streamed body; parsed once it has ended.
+        reads: list[tuple[int, bytes]] = []
+        body = b""
         try:
             async with session.post(self.url, data=data, headers=self.headers) as response:
+                result.sent_ns = _sent_ns(response, result.sent_ns)
                 result.status = response.status
                 if response.status >= 400:
                     result.error = classify_status(response.status)
                     result.error_detail = (await response.text())[:500]
                 elif self.stream:
-                    await _read_stream(response, result, self._shape,
-                                       self.keep_text or self.count_tokens is not None)
+                    await _read_stream(response, reads)
                 else:
-                    _read_body(await response.read(), result)
+                    body = await response.read()
                     result.last_byte_ns = now_ns()
         except TimeoutError:
             result.error, result.error_detail = "timeout", f"no complete response in {self.timeout.total} s"
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            started = result.first_token_ns is not None or result.status is not None
+            started = bool(reads) or result.status is not None
             result.error = "stream_truncated" if started else "connection"
             result.error_detail = f"{type(exc).__name__}: {exc}"[:500]
         except aiohttp.ClientConnectionError as exc:
             result.error, result.error_detail = "connection", f"{type(exc).__name__}: {exc}"[:500]
         except aiohttp.ClientError as exc:
             result.error, result.error_detail = "client", f"{type(exc).__name__}: {exc}"[:500]
-        if not result.last_byte_ns or result.error:
+        if result.error:
             result.last_byte_ns = now_ns()
+        # Every response whose last bytes came in the same loop iteration takes its
+        # timestamps before any of them is parsed, recorded or followed by a new request.
+        await asyncio.sleep(0)
+        if reads:
+            failure = result.error, result.error_detail
+            _digest(reads, result, self._shape, self.keep_text or self.count_tokens is not None)
+            if failure[0]:  # the transport's verdict (timeout, truncation) stands
+                result.error, result.error_detail = failure
+        elif not result.error and self.stream:
+            result.error, result.error_detail = "stream_truncated", "the stream was empty"
+            result.last_byte_ns = now_ns()
+        elif not result.error:
+            _read_body(body, result)
         if not result.error:
             self._fill_tokens(request, result)
         return result
@@ -190,15 +232,33 @@ class OpenAIClient:
             self._session = None
 
 
-async def _read_stream(response: aiohttp.ClientResponse, result: InferenceResult,
-                       shape: list[bytes], keep_text: bool) -> None:
-    """Read an SSE stream to its end, timestamping content chunks as they arrive.
+_DONE_ENDS = (b"[DONE]\n\n", b"[DONE]\r\n\r\n")
+
+
+async def _read_stream(response: aiohttp.ClientResponse, reads: list[tuple[int, bytes]]) -> None:
+    """Read a streamed body to its end, each read timestamped as it arrives: nothing else."""
+    content = response.content
+    readany = content.readany
+    append = reads.append
+    while True:
+        data = await readany()
+        if not data:
+            return
+        append((now_ns(), data))
+        if data.endswith(_DONE_ENDS) and not content.at_eof():
+            await _drain(content)  # a server that keeps the stream open after [DONE]
+            return
+
+
+def _digest(reads: list[tuple[int, bytes]], result: InferenceResult, shape: list[bytes],
+            keep_text: bool) -> None:
+    """Parse the SSE events of a finished stream into the result, with their arrival times.
 
     ``shape`` is ``[prefix, suffix]`` of a content event (``data: `` included) learnt from an
     earlier one, possibly of an earlier request of this client; it is updated in place.
     """
-    content = response.content
-    readany = content.readany
+    if not result.last_byte_ns:
+        result.last_byte_ns = reads[-1][0]
     itl = result.itl_us
     itl_append = itl.append
     # Content pieces: the raw JSON string body of events matched by shape (bytes, decoded
@@ -213,17 +273,13 @@ async def _read_stream(response: aiohttp.ClientResponse, result: InferenceResult
     head, tail = len(prefix), -len(suffix)
     pending = b""
     crlf: bool | None = None
-    while True:
-        data = await readany()
-        if not data:
-            break
-        arrived = now_ns()
-        if crlf is None:
-            crlf = b"\r" in data
-        if crlf:
-            data = data.replace(b"\r\n", b"\n")
+    for arrived, data in reads:
         if pending:
             data = pending + data
+        if crlf is None and b"\n" in data:
+            crlf = b"\r\n" in data
+        if crlf:  # (pending may end in a \r whose \n came in this read)
+            data = data.replace(b"\r\n", b"\n")
         events = data.split(b"\n\n")
         pending = events.pop()
         for event in events:
@@ -241,7 +297,6 @@ async def _read_stream(response: aiohttp.ClientResponse, result: InferenceResult
                 continue  # comments, event:/id:/retry: fields only
             if payload == b"[DONE]":
                 done = True
-                result.last_byte_ns = arrived
                 continue
             chunk = _parse_json(payload)
             if not isinstance(chunk, dict):
@@ -280,15 +335,11 @@ async def _read_stream(response: aiohttp.ClientResponse, result: InferenceResult
                     prefix, suffix = shape[0], shape[1] = learnt
                     shape_len = len(prefix) + len(suffix)
                     head, tail = len(prefix), -len(suffix)
-        if done and content.at_eof():
-            break
-    if done and not content.at_eof():
-        await _drain(content)
-    if not result.last_byte_ns:
-        result.last_byte_ns = now_ns()
-    if not (done or finished):
+    if not (done or finished) and not result.error:
         result.error = "stream_truncated"
         result.error_detail = "the stream ended before [DONE] or a finish_reason"
+    if result.error:
+        return  # no token counts for a failed request
     if usage:
         _apply_usage(usage, result)
     elif result.first_token_ns is not None:

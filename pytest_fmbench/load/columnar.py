@@ -171,36 +171,41 @@ def _parse_jsonl(data: bytes) -> pa.Table | None:
     return table.select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
 
 
+def _json_range(path: Path, start: int, end: int) -> pa.Table | None:
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        return _parse_jsonl(handle.read(end - start))
+
+
+def _read_one(path: Path) -> list[pa.Table]:
+    """One JSON-lines file: side-file batches for the ranges they cover, JSON for the rest."""
+    parts: list[pa.Table] = []
+    size = path.stat().st_size
+    position = 0
+    batches: list[pa.RecordBatch] = []
+
+    def flush(json_upto: int) -> None:
+        if batches:
+            parts.append(pa.Table.from_batches(list(batches), schema=RECORD_SCHEMA))
+            batches.clear()
+        table = _json_range(path, position, json_upto) if json_upto > position else None
+        if table is not None:
+            parts.append(table)
+
+    for start, end, batch in _side_batches(path):
+        if start < position or end > size:
+            continue  # a duplicate, or a copy of lines the file lost
+        if start > position:
+            flush(start)
+        batches.append(batch)
+        position = end
+    flush(size)
+    return parts
+
+
 def read_records_table(paths: Iterable[Path]) -> pa.Table:
     """All records of the given JSON-lines files, merged (a concatenation), as one table."""
-    parts: list[pa.Table] = []
-    for path in paths:
-        size = path.stat().st_size
-        position = 0
-        batches: list[pa.RecordBatch] = []
-
-        def flush_json(upto: int) -> None:
-            if upto <= position:
-                return
-            with open(path, "rb") as handle:
-                handle.seek(position)
-                table = _parse_jsonl(handle.read(upto - position))
-            if batches:
-                parts.append(pa.Table.from_batches(list(batches), schema=RECORD_SCHEMA))
-                batches.clear()
-            if table is not None:
-                parts.append(table)
-
-        for start, end, batch in _side_batches(path):
-            if start < position or end > size:
-                continue  # a duplicate, or a copy of lines the file lost
-            if start > position:
-                flush_json(start)
-            batches.append(batch)
-            position = end
-        flush_json(size)
-        if batches:
-            parts.append(pa.Table.from_batches(batches, schema=RECORD_SCHEMA))
+    parts = [part for path in paths for part in _read_one(path)]
     if not parts:
         return RECORD_SCHEMA.empty_table()
     # Chunks stay as read: the side files' batches are memory-mapped, not copied.

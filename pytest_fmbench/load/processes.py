@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, cast
 
 from pytest_fmbench.clock import now_ns
 from pytest_fmbench.endpoints.base import EndpointClient, InferenceRequest
@@ -77,7 +77,7 @@ def _await_ready(links: list[tuple[Any, Connection]]) -> None:
     pending = {conn: process for process, conn in links}
     while pending:
         left = deadline - time.monotonic()
-        ready = wait(list(pending), timeout=max(0.0, left))
+        ready = cast(list[Connection], wait(list(pending), timeout=max(0.0, left)))
         if not ready:
             raise EndpointError(f"{len(pending)} load process(es) did not start within "
                                 f"{READY_TIMEOUT_S:g} s", key="load.processes")
@@ -93,10 +93,10 @@ def _collect(links: list[tuple[Any, Connection]], emit: Emit, stats: LoadStats) 
     pending = {conn: process for process, conn in links}
     failures = []
     while pending:
-        for conn in wait(list(pending)):
+        for conn in cast(list[Connection], wait(list(pending))):
             process = pending[conn]
             try:
-                kind, body = conn.recv()
+                kind, body = cast(tuple[str, Any], conn.recv())
             except (EOFError, OSError):
                 process.join(timeout=5)
                 failures.append(f"{process.name} ended without finishing (exit code {process.exitcode})")

@@ -34,7 +34,7 @@ from pytest_fmbench.metrics import (
     experiment_costs,
     request_frame,
 )
-from pytest_fmbench.report import exports, markdown, plots
+from pytest_fmbench.report import exports, history, markdown, plots
 
 REPORT_FILE = "report.md"
 RESULTS_FILE = "results.json"
@@ -108,26 +108,26 @@ def versions() -> dict[str, str]:
 
 def glossary() -> str:
     lines = [
-        "Definitions follow the project's METRICS.md; one definition per name, used in every "
-        "table, plot, budget and export.\n",
-        "Per request: **latency** = `last_byte − sent`; **TTFT** = `first_token − sent`; "
+        ("Definitions follow the project's METRICS.md; one definition per name, used in every "
+        "table, plot, budget and export.\n"),
+        ("Per request: **latency** = `last_byte − sent`; **TTFT** = `first_token − sent`; "
         "**TPOT** = `(last_byte − first_token) / (completion_tokens − 1)` for completion_tokens ≥ 2; "
         "**ITL** = each gap between consecutive content chunks, pooled over requests; "
         "**client queue** = `sent − scheduled`. Token counts are server-reported when the backend "
-        "gives them, else counted with the configured tokenizer.\n",
-        "Per combination (experiment × payload file × concurrency), over all its requests, never "
+        "gives them, else counted with the configured tokenizer.\n"),
+        ("Per combination (experiment × payload file × concurrency), over all its requests, never "
         "averaged over waves. Percentiles: linear interpolation (numpy's default), reported with "
-        "the request count.\n",
+        "the request count.\n"),
         markdown.table(["metric", "unit", "better", "definition"],
                        [[f"`{m.name}`", m.unit, m.better if m.better != "none" else "—", m.definition]
                         for m in METRICS.values() if not m.name.endswith("_count") or m.name == "latency_count"]),
         "",
-        "**Recommendation rule**: a combination meets budgets when every configured budget holds "
+        ("**Recommendation rule**: a combination meets budgets when every configured budget holds "
         "(error_rate ≤ error budget, latency_p95 ≤ latency budget, cost_per_10k_txn ≤ cost budget, "
         "and any other budget by name; an undefined value never meets a budget). Per experiment and "
         "payload file, the recommended combination is the one meeting budgets with the highest TPM "
         "(ties: lower cost). The best option for the dataset of interest is, among combinations "
-        "meeting budgets, the lowest price_per_txn (ties: higher TPM).\n",
+        "meeting budgets, the lowest price_per_txn (ties: higher TPM).\n"),
     ]
     return "\n".join(lines)
 
@@ -220,6 +220,8 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
         "report_errors": errors,
     }
     attempt(RESULTS_FILE, lambda: exports.write_json(results_dir / RESULTS_FILE, results))
+    attempt(history.BENCHMARK_FILE, lambda: history.write_benchmark_json(
+        results_dir / history.BENCHMARK_FILE, analysis.frame, metrics, meta))
 
     report_path = results_dir / REPORT_FILE
 

@@ -72,12 +72,17 @@ def per_request_table(table: pa.Table, info: Mapping[str, Any]) -> pa.Table:
     time to failure in our ``elapsed_s``.
     """
     ok = pc.equal(pc.fill_null(table["error"], ""), "")
-    elapsed = pc.divide(pc.cast(pc.subtract(table["last_byte_ns"], table["sent_ns"]), pa.float64()), 1e9)
-    ttft = pc.divide(pc.cast(pc.subtract(table["first_token_ns"], table["sent_ns"]), pa.float64()), 1e9)
+
+    def seconds(end: Any, start: Any) -> Any:  # to the microsecond: short CSV cells
+        return pc.round(pc.divide(pc.cast(pc.subtract(end, start), pa.float64()), 1e9), 6)
+
+    elapsed = seconds(table["last_byte_ns"], table["sent_ns"])
+    ttft = seconds(table["first_token_ns"], table["sent_ns"])
     span = pc.divide(pc.cast(pc.subtract(table["last_byte_ns"], table["first_token_ns"]), pa.float64()), 1e9)
     completion = pc.cast(table["completion_tokens"], pa.float64())
-    tpot = pc.if_else(pc.greater_equal(completion, 2), pc.divide(span, pc.subtract(completion, 1)),
+    tpot = pc.if_else(pc.greater_equal(completion, 2), pc.round(pc.divide(span, pc.subtract(completion, 1)), 7),
                       pa.scalar(None, pa.float64()))
+    first_sent = pc.min(table["sent_ns"]).as_py() if table.num_rows else 0
     null_f = pa.nulls(table.num_rows, pa.float64())
     encoded = pc.dictionary_encode(table["experiment"]).combine_chunks()
     names = encoded.dictionary.to_pylist()
@@ -115,12 +120,9 @@ def per_request_table(table: pa.Table, info: Mapping[str, Any]) -> pa.Table:
         "retries": table["retries"],
         "token_source": table["token_source"],
         "elapsed_s": elapsed,
-        "client_queue_s": pc.divide(pc.cast(pc.subtract(table["sent_ns"], table["scheduled_ns"]), pa.float64()), 1e9),
-        "scheduled_ns": table["scheduled_ns"],
-        "sent_ns": table["sent_ns"],
-        "first_token_ns": table["first_token_ns"],
-        "last_byte_ns": table["last_byte_ns"],
-        "run_id": table["run_id"],
+        "client_queue_s": seconds(table["sent_ns"], table["scheduled_ns"]),
+        # when it was sent, seconds after the first request of the run (timestamps: records*.jsonl)
+        "sent_s": seconds(table["sent_ns"], pa.scalar(first_sent, pa.int64())),
     }
     return pa.table(columns)
 

@@ -156,8 +156,8 @@ def _best_option(gate: GateResult, budgets: BudgetSet) -> list[str]:
                    "The nearest miss per budget:\n")
         if rec.nearest_misses:
             out.append(table(["budget", "best value", "combination", "meets this budget"], [
-                [f"{m['metric']} {'≤' if m['direction'] == 'max' else '≥'} "
-                 f"{format_value(m['threshold'], METRICS[m['metric']].unit)}",
+                [(f"{m['metric']} {'≤' if m['direction'] == 'max' else '≥'} "
+                 f"{format_value(m['threshold'], METRICS[m['metric']].unit)}"),
                  format_value(m["value"], METRICS[m["metric"]].unit),
                  f"{m['experiment']} {payload_stem(str(m['payload_file']))} c={m['concurrency']}"
                  if m["experiment"] else "—",
@@ -189,10 +189,10 @@ def _budgets_section(gate: GateResult, budgets: BudgetSet) -> list[str]:
 
 def _results_table(metrics: pd.DataFrame, gate: GateResult) -> list[str]:
     out = ["## Results\n",
-           "One row per combination (experiment × payload file × concurrency), computed over all of "
+           ("One row per combination (experiment × payload file × concurrency), computed over all of "
            "its requests (never averaged over waves). Latency and TTFT figures are over successful "
            "requests; `requests` is how many requests back each row (read a p99 of few requests for "
-           "what it is). ✓: meets every budget.\n"]
+           "what it is). ✓: meets every budget.\n")]
     headers = [h for h, _, _ in RESULTS_COLUMNS] + ["budgets"]
     rows = []
     for index, row in metrics.iterrows():
@@ -217,8 +217,8 @@ def _results_table(metrics: pd.DataFrame, gate: GateResult) -> list[str]:
 def _recommended(gate: GateResult) -> list[str]:
     per = gate.recommendation.per_payload
     out = ["## Recommended concurrency per instance type and payload file\n",
-           "Among the combinations that meet every budget, the highest transactions per minute "
-           "(ties: lower cost).\n"]
+           ("Among the combinations that meet every budget, the highest transactions per minute "
+           "(ties: lower cost).\n")]
     if per.empty:
         return [*out, "No combination ran.\n"]
     rows = []
@@ -237,8 +237,8 @@ def _recommended(gate: GateResult) -> list[str]:
 
 def _costs(costs: pd.DataFrame) -> list[str]:
     out = ["## Cost per experiment\n",
-           "Instance-priced: price per hour × hours the endpoint existed (deploy start to teardown "
-           "end; the benchmarking span for bring-your-own endpoints). Token-priced: tokens × rates.\n"]
+           ("Instance-priced: price per hour × hours the endpoint existed (deploy start to teardown "
+           "end; the benchmarking span for bring-your-own endpoints). Token-priced: tokens × rates.\n")]
     if costs.empty:
         return [*out, "No experiment ran.\n"]
     rows = [[cell(r["experiment"]), cell(r["instance_type"]), cell(r["pricing"]),
@@ -260,10 +260,10 @@ def _client(metrics: pd.DataFrame) -> list[str]:
     worst = metrics["client_queue_max"].max()
     p95 = metrics["client_queue_p95"].max()
     out = ["## Client overhead\n",
-           f"Client queue (`sent − scheduled`, coordinated omission made visible): worst p95 "
-           f"{format_value(p95, 's')}, worst single request {format_value(worst, 's')}."]
+           (f"Client queue (`sent − scheduled`, coordinated omission made visible): worst p95 "
+           f"{format_value(p95, 's')}, worst single request {format_value(worst, 's')}.")]
     typical = metrics["latency_p50"].median()
-    if isinstance(p95, float) and p95 > max(0.01, 0.05 * (typical if typical == typical else 0.0)):
+    if isinstance(p95, float) and p95 > max(0.01, 0.05 * (typical if pd.notna(typical) else 0.0)):
         out.append(" **The client may have been a bottleneck**: requests waited in the client "
                    "before being sent; read latency and throughput with care.")
     out.append("\n")

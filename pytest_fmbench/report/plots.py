@@ -16,19 +16,19 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from pytest_fmbench.cases import payload_stem  # noqa: E402
+from pytest_fmbench.cases import payload_stem
 
 SCATTER_SAMPLE = 20_000
 CDF_POINTS = 201
 DPI = 110
-BUDGET_STYLE = {"color": "#c0392b", "linestyle": "--", "linewidth": 1.4}
-BUDGET_FILL = {"color": "#2ecc71", "alpha": 0.12}
+BUDGET_STYLE: dict[str, Any] = {"color": "#c0392b", "linestyle": "--", "linewidth": 1.4}
+BUDGET_FILL: dict[str, Any] = {"color": "#2ecc71", "alpha": 0.12}
 
 
 @dataclasses.dataclass
@@ -103,7 +103,7 @@ def _grid(count: int, *, width: float = 5.2, height: float = 3.8,
     return fig, flat[:count]
 
 
-def _legend(fig: Figure, ax_list: Sequence[Axes]) -> None:
+def _legend(fig: Figure, ax_list: Sequence[Axes], markerscale: float = 1.0) -> None:
     handles, labels = [], []
     for ax in ax_list:
         for handle, label in zip(*ax.get_legend_handles_labels()):
@@ -111,7 +111,7 @@ def _legend(fig: Figure, ax_list: Sequence[Axes]) -> None:
                 handles.append(handle)
                 labels.append(label)
     if handles:
-        ax_list[0].legend(handles, labels, fontsize=8, loc="best", framealpha=0.85)
+        ax_list[0].legend(handles, labels, fontsize=8, loc="best", framealpha=0.85, markerscale=markerscale)
 
 
 def _focus(inputs: PlotInputs, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -274,10 +274,11 @@ def _scatter_by_concurrency(inputs: PlotInputs, path: Path, column: str, ylabel:
     colors = _colors(_experiments(inputs.metrics))
     if sample.empty or not levels:
         _empty(axes[0], f"no successful request with {column.removesuffix('_s')}")
+    size = 5.0 if len(sample) < 2000 else 2.6
     for ax, level in zip(axes, levels):
         subset = sample[sample["concurrency"] == level]
         for experiment, group in subset.groupby("experiment", sort=False, observed=True):
-            ax.plot(group["prompt_tokens"], group[column], linestyle="none", marker="o", markersize=2.6,
+            ax.plot(group["prompt_tokens"], group[column], linestyle="none", marker="o", markersize=size,
                     alpha=0.45, color=colors.get(str(experiment)), label=str(experiment), markeredgewidth=0)
         if budget is not None:
             ax.axhline(budget, label=budget_label, **BUDGET_STYLE)
@@ -286,7 +287,7 @@ def _scatter_by_concurrency(inputs: PlotInputs, path: Path, column: str, ylabel:
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    _legend(fig, axes)
+    _legend(fig, axes, markerscale=2.0)
     shown = len(sample)
     note = "successful requests" + (f"; a random sample of {shown:,}" if shown >= SCATTER_SAMPLE * 0.99 else "")
     return _finish(fig, path, title, note)
@@ -317,7 +318,7 @@ def latency_percentiles(inputs: PlotInputs, path: Path) -> Path:
     columns = {"latency_p50": "o", "latency_p90": "^", "latency_p95": "s", "latency_p99": "D"}
     colors = {c: plt.get_cmap("viridis")(i / 3.6) for i, c in enumerate(columns)}
     payloads = _payloads(metrics)
-    dashes = dict(zip(payloads, ["-", "--", ":", "-."] * (len(payloads) // 4 + 1)))
+    dashes: dict[str, Any] = dict(zip(payloads, ["-", "--", ":", "-."] * (len(payloads) // 4 + 1)))
     for ax, experiment in zip(axes, experiments):
         subset = metrics[metrics["experiment"] == experiment]
         instance = subset["instance_type"].iloc[0] if "instance_type" in subset else None

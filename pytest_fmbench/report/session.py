@@ -22,9 +22,11 @@ from pytest_fmbench.budgets import (
     GateMode,
     Violation,
     budget_set,
-    case_violations as _violations,
     format_value,
     require_prices,
+)
+from pytest_fmbench.budgets import (
+    case_violations as _violations,
 )
 from pytest_fmbench.cases import payload_stem
 from pytest_fmbench.config.model import Config
@@ -32,6 +34,7 @@ from pytest_fmbench.config.pricing import Price, check_prices
 from pytest_fmbench.errors import ConfigError
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.metrics import compute_metrics
+from pytest_fmbench.report.history import Threshold
 
 SUMMARY_ROWS = 40
 
@@ -41,6 +44,9 @@ class ReportSettings:
     prices: dict[str, Price | None]
     budgets: BudgetSet
     mode: GateMode
+    # Regressions against an earlier run (``--fmbench-compare``, ``--fmbench-compare-fail``).
+    baseline: Path | None = None
+    thresholds: list[Threshold] = dataclasses.field(default_factory=list)
 
 
 def prepare(config: Config, cli_budgets: Sequence[str] = (), mode: str | None = None) -> ReportSettings:
@@ -84,8 +90,61 @@ class SessionReport:
 
 
 def finish(results_dir: Path, config: Config, settings: ReportSettings,
-           meta: Mapping[str, Any] | None = None) -> SessionReport:
-    """Build the report and judge the budgets; never raises (records are never touched)."""
+           meta: Mapping[str, Any] | None = None, *,
+           missing_cases: Sequence[str] = ()) -> SessionReport:
+    """Build the report and judge the budgets; never raises (records are never touched).
+
+    ``missing_cases``: selected cases that never completed (a crashed worker, a failed
+    deploy); they are named in the report and fail the gate.
+    """
+    outcome = _finish(results_dir, config, settings, meta)
+    extra: list[str] = []
+    if missing_cases:
+        outcome.passed = False
+        extra += [f"missing cases ({len(missing_cases)}): not measured to the end",
+                  *(f"  {case}" for case in missing_cases)]
+    if outcome.ran and settings.baseline is not None:
+        extra += _comparison(results_dir, settings, outcome)
+    if extra:
+        outcome.lines[-1:-1] = ["", *extra]
+        _append_to_report(outcome.report_path, missing_cases, extra)
+    return outcome
+
+
+def _comparison(results_dir: Path, settings: ReportSettings, outcome: SessionReport) -> list[str]:
+    from pytest_fmbench.report.history import BENCHMARK_FILE, compare, load_baseline
+
+    assert settings.baseline is not None
+    try:
+        current = load_baseline(results_dir / BENCHMARK_FILE)
+        changes, unmatched = compare(current, load_baseline(settings.baseline), settings.thresholds)
+    except ConfigError as exc:
+        outcome.passed = False
+        return [f"comparison failed: {exc.render()}"]
+    regressions = [c for c in changes if c.regressed]
+    lines = [f"compared with {settings.baseline}: {len(regressions)} regression(s) "
+             f"in {len({c.case for c in changes})} common case(s)"]
+    lines += [f"  REGRESSION {c.line()}" for c in regressions]
+    if unmatched:
+        lines.append(f"  not in both runs: {', '.join(unmatched)}")
+    if regressions:
+        outcome.passed = False
+    return lines
+
+
+def _append_to_report(report_path: Path | None, missing: Sequence[str], lines: Sequence[str]) -> None:
+    if report_path is None or not report_path.exists():
+        return
+    section = ["", "## Missing cases and comparison", "",
+               "Cases selected for this run that were not measured to the end (a crashed worker, a "
+               "failed deploy) fail the gate; so do regressions beyond the `--fmbench-compare-fail` "
+               "thresholds.", "", "```text", *lines, "```", ""]
+    with open(report_path, "a", encoding="utf-8") as handle:
+        handle.write("\n".join(section))
+
+
+def _finish(results_dir: Path, config: Config, settings: ReportSettings,
+            meta: Mapping[str, Any] | None = None) -> SessionReport:
     from pytest_fmbench.report import analyze, write_report
 
     try:

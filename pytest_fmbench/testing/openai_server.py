@@ -42,6 +42,8 @@ class ServerBehaviour:
 class ServerStats:
     requests: int = 0
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    # The request headers, kept with the bodies (``keep_bodies``).
+    headers: list[dict[str, str]] = field(default_factory=list)
 
 
 class FakeOpenAIServer:
@@ -131,6 +133,7 @@ class FakeOpenAIServer:
         self.stats.requests += 1
         if self.keep_bodies:
             self.stats.bodies.append(body)
+            self.stats.headers.append(dict(request.headers))
         b = self.behaviour
         fault = b.fault if b.fault and self.stats.requests % max(1, b.fault_every) == 0 else None
         chat = request.path.endswith("/chat/completions")
@@ -193,7 +196,26 @@ def _prompt_tokens(body: dict[str, Any]) -> int:
     return max(1, len(str(prompt).split()))
 
 
-if __name__ == "__main__":  # pragma: no cover - manual use: python -m ...openai_server
-    with FakeOpenAIServer(ServerBehaviour(ttft_s=0.05, token_delay_s=0.01)) as server:
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pytest_fmbench.testing.openai_server [--port N] [--ttft S] ...``: serve until
+    killed (a stand-in for ``vllm serve`` in ``openai.deploy.command``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ttft", type=float, default=0.05)
+    parser.add_argument("--token-delay", type=float, default=0.01)
+    parser.add_argument("--fault", choices=FAULTS, default=None)
+    parser.add_argument("--fault-every", type=int, default=1)
+    args = parser.parse_args(argv)
+    behaviour = ServerBehaviour(ttft_s=args.ttft, token_delay_s=args.token_delay,
+                                fault=args.fault, fault_every=args.fault_every)
+    with FakeOpenAIServer(behaviour, host=args.host, port=args.port, keep_bodies=False) as server:
         print(server.url, flush=True)
-        time.sleep(3600)
+        while True:
+            time.sleep(3600)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: python -m ...openai_server
+    main()
