@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e_support import BENCHMARK_TEST, rows
+from tests.e2e_support import BENCHMARK_TEST, alive, rows
 
 CONFIG = """\
 general: {{name: local-e2e}}
@@ -38,19 +38,6 @@ experiments:
     payload_files: [payload_short.jsonl]
     concurrency_levels: [1]
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes (its parent has not reaped it yet).
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def start_pytest(tmp_path: Path, waves: int) -> subprocess.Popen[bytes]:

@@ -176,14 +176,15 @@ class LoadSettings(Section):
         if self.pattern == "waves":
             for key in ("requests", "duration_s", "rate"):
                 if getattr(self, key) is not None:
-                    found.append((key, f"'{key}' applies to the concurrency and rate patterns, "
-                                       "not waves (waves use min/max_iters_per_combination)"))
+                    found.append((key, (f"'{key}' applies to the concurrency and rate "
+                                        "patterns, not waves (waves use "
+                                        "min/max_iters_per_combination)")))
             if (self.warmup_s or 0) > 0:
-                found.append(("warmup_s", "'warmup_s' applies to the concurrency and rate "
-                                          "patterns (waves use warmup_requests)"))
+                found.append(("warmup_s", ("'warmup_s' applies to the concurrency and rate "
+                                           "patterns (waves use warmup_requests)")))
             if (self.processes or 1) > 1:
-                found.append(("processes", "'processes' applies to the concurrency and rate "
-                                           "patterns (a wave waits for its slowest request)"))
+                found.append(("processes", ("'processes' applies to the concurrency and rate "
+                                            "patterns (a wave waits for its slowest request)")))
         return found
 
     def merged(self, override: LoadSettings | None) -> LoadSettings:
