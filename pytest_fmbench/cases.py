@@ -31,7 +31,7 @@ class Case:
 
 def payload_stem(payload_file: str) -> str:
     """``payload_en_1-500.jsonl`` → ``payload_en_1-500``."""
-    return payload_file[: -len(".jsonl")] if payload_file.endswith(".jsonl") else payload_file
+    return payload_file.removesuffix(".jsonl")
 
 
 def case_id(experiment: str, payload_file: str, concurrency: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,16 @@ from pytest_fmbench.endpoints.lifecycle import DeployFailed
 from pytest_fmbench.endpoints.registry import backend_names, preflight
 from pytest_fmbench.errors import ConfigError, FmbenchError
 from pytest_fmbench.load.summary import format_summary
-from pytest_fmbench.report.session import (
-    ReportSettings, SessionReport, case_failure_message, case_violations, finish, prepare,
-)
 from pytest_fmbench.report.ci import junit_properties, write_step_summary
 from pytest_fmbench.report.history import parse_thresholds, resolve_baseline
+from pytest_fmbench.report.session import (
+    ReportSettings,
+    SessionReport,
+    case_failure_message,
+    case_violations,
+    finish,
+    prepare,
+)
 from pytest_fmbench.run import BenchmarkRun, CaseResult, cleanup_orphans, new_run_id
 
 RUN_KEY = pytest.StashKey[BenchmarkRun]()
@@ -323,12 +328,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     summary = item.stash.get(CASE_SUMMARY_KEY, None)
     if call.when == "call" and summary is not None:
-        setattr(outcome.get_result(), REPORT_ATTRIBUTE, summary)
+        setattr(report, REPORT_ATTRIBUTE, summary)
+    return report
 
 
 class Controller:

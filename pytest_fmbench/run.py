@@ -6,19 +6,18 @@ from fixtures and hooks; everything here is plain Python, testable without pytes
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import platform
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pytest_fmbench import __version__
-from pytest_fmbench.clock import now_ns as clock_now
 from pytest_fmbench.cases import Case
+from pytest_fmbench.clock import now_ns as clock_now
 from pytest_fmbench.config.model import Config, Experiment
 from pytest_fmbench.data.payloads import PayloadFilter, build_payload_files, load_payloads
 from pytest_fmbench.data.tokens import TokenCounter, load_token_counter
@@ -27,27 +26,17 @@ from pytest_fmbench.endpoints.lifecycle import EndpointManager
 from pytest_fmbench.endpoints.registry import EndpointContext, create_endpoint
 from pytest_fmbench.errors import ConfigError
 from pytest_fmbench.load.columnar import ColumnarRecordWriter
-from pytest_fmbench.load.engine import RecordContext, plan_load, run_load
+from pytest_fmbench.load.engine import RecordContext, plan_load, run_in_loop, run_load
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.load.summary import case_summary
-
-T = TypeVar("T")
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
-def run_async(make: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine on a fresh event loop (uvloop when installed)."""
-    try:
-        import uvloop
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(make())  # type: ignore[arg-type]
+# One event-loop runner for the whole package (uvloop when installed).
+run_async = run_in_loop
 
 
 @dataclasses.dataclass
@@ -244,7 +233,9 @@ def cleanup_orphans(run: BenchmarkRun) -> list[str]:
     classmethod that deletes from the description its endpoint logged at deploy time.
     """
     from pytest_fmbench.endpoints.lifecycle import (
-        orphaned_deploys, read_endpoint_events, record_teardown,
+        orphaned_deploys,
+        read_endpoint_events,
+        record_teardown,
     )
     from pytest_fmbench.endpoints.registry import backend_factory
 

@@ -190,6 +190,7 @@ def experiment_block(name: str, *, concurrency: str = "[1, 2]", markers: str = "
 
 
 def alive(pid: int) -> bool:
+    """Whether a process still runs (a zombie not yet reaped counts as dead)."""
     import os
 
     try:
@@ -198,6 +199,7 @@ def alive(pid: int) -> bool:
         return False
     try:
         with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split()[2] != "Z"
-    except FileNotFoundError:
+            # The command name may hold spaces or parentheses: the state follows the last ")".
+            return handle.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
         return False

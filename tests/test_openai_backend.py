@@ -30,7 +30,7 @@ from pytest_fmbench.load.patterns import LoadPlan
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.run import run_async
 from pytest_fmbench.testing.openai_server import FakeOpenAIServer, ServerBehaviour
-from tests.e2e_support import BENCHMARK_TEST, INNER_ARGS, rows
+from tests.e2e_support import BENCHMARK_TEST, INNER_ARGS, alive, rows
 
 FAKE_SERVER = f"{sys.executable} -m pytest_fmbench.testing.openai_server --port $FMBENCH_PORT"
 SECRET = "sk-test-5f9c2b7e-do-not-log"
@@ -119,19 +119,6 @@ def test_client_repr_hides_headers() -> None:
 
 # -- deploy.command: started, healthy, stopped with its whole process group ----------------
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie of ours is dead for this purpose.
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_deploy_command_serves_the_run_and_teardown_stops_its_process_group(tmp_path: Path) -> None:
     pid_file = tmp_path / "child.pid"
     # The server runs under a shell that also starts a stray child: both must go.
@@ -153,7 +140,7 @@ def test_deploy_command_serves_the_run_and_teardown_stops_its_process_group(tmp_
         assert endpoint.deployed_by_us
         server_pid = endpoint.describe()["pid"]
         child_pid = int(pid_file.read_text())
-        assert _alive(server_pid) and _alive(child_pid)
+        assert alive(server_pid) and alive(child_pid)
 
         async def one() -> InferenceResult:
             client = endpoint.client()
@@ -168,9 +155,9 @@ def test_deploy_command_serves_the_run_and_teardown_stops_its_process_group(tmp_
         endpoint.teardown()
     assert not endpoint.deployed_by_us
     deadline = time.monotonic() + 10
-    while (_alive(server_pid) or _alive(child_pid)) and time.monotonic() < deadline:
+    while (alive(server_pid) or alive(child_pid)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(server_pid) and not _alive(child_pid)
+    assert not alive(server_pid) and not alive(child_pid)
     assert any("starting the server of 'served'" in line for line in log)
     assert (tmp_path / "logs" / "served-server.log").exists()
     endpoint.teardown()  # twice is fine
@@ -274,7 +261,7 @@ def test_fmbench_deploy_yes_with_our_command_starts_the_server(pytester: pytest.
     events = rows(pytester.path / "out" / "endpoints.jsonl")
     assert [e["event"] for e in events] == ["deploy", "teardown"]
     assert events[0]["deployed_by_us"] and events[0]["endpoint"]["deploy"] == "command"
-    assert not _alive(events[0]["endpoint"]["pid"])
+    assert not alive(events[0]["endpoint"]["pid"])
     assert len(rows(pytester.path / "out" / "records.jsonl")) == 2 + 4
 
 

@@ -8,7 +8,10 @@ from typing import Any
 from pytest_fmbench.config.model import Config, Experiment, LocalSettings
 from pytest_fmbench.endpoints.base import EndpointClient
 from pytest_fmbench.endpoints.local_model import (
-    LocalServer, ModelSpec, ensure_model, stop_process_group,
+    LocalServer,
+    ModelSpec,
+    ensure_model,
+    stop_process_group,
 )
 from pytest_fmbench.endpoints.openai_http import OpenAIClient
 from pytest_fmbench.endpoints.registry import EndpointContext
@@ -77,10 +80,11 @@ class LocalEndpoint:
             server.stop()
 
     def client(self) -> EndpointClient:
-        if self._server is None or self._model_dir is None:
+        url = self._server.url if self._server is not None else None
+        if self._server is None or url is None:
             raise EndpointError(f"endpoint '{self.name}' is not deployed")
         return OpenAIClient(
-            self._server.url,
+            url,
             api=self.settings.api,
             model=self._server.model_id,
             stream=self.experiment.inference_spec.stream,

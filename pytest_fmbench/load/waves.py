@@ -80,7 +80,7 @@ async def _one(
     try:
         # The client enforces the timeout itself; this bound only catches a client that hangs.
         result = await asyncio.wait_for(client.invoke(request), timeout_s + HANG_GRACE_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         result = InferenceResult(sent_ns=sent, last_byte_ns=now_ns(), error="timeout",
                                  error_detail=f"no response within {timeout_s} s")
     except Exception as exc:  # noqa: BLE001 - a client bug must not stop the run

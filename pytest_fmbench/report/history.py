@@ -98,7 +98,7 @@ def benchmark_document(frame: pd.DataFrame, metrics: pd.DataFrame,
                          "system": platform.system()},
         "commit_info": dict(meta.get("commit_info") or {}),
         "benchmarks": benchmarks,
-        "datetime": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "datetime": dt.datetime.now(dt.UTC).isoformat(),
         "version": "5.0.0",
         "fmbench": {"version": __version__, "run_id": meta.get("run_id"),
                     "name": meta.get("name")},
@@ -215,7 +215,8 @@ def compare(current: Mapping[str, Mapping[str, Any]], baseline: Mapping[str, Map
     for case in sorted(set(current) & set(baseline)):
         for threshold in thresholds:
             old, new = baseline[case].get(threshold.metric), current[case].get(threshold.metric)
-            if _number(old) and _number(new):
+            if isinstance(old, (int, float)) and isinstance(new, (int, float)) and _number(old) \
+                    and _number(new):
                 changes.append(Change(case, threshold.metric, float(old), float(new), threshold))
     unmatched = sorted(set(current) ^ set(baseline))
     return changes, unmatched

@@ -122,8 +122,8 @@ def _comparison(results_dir: Path, settings: ReportSettings, outcome: SessionRep
         outcome.passed = False
         return [f"comparison failed: {exc.render()}"]
     regressions = [c for c in changes if c.regressed]
-    lines = [f"compared with {settings.baseline}: {len(regressions)} regression(s) "
-             f"in {len({c.case for c in changes})} common case(s)"]
+    lines = [(f"compared with {settings.baseline}: {len(regressions)} regression(s) "
+              f"in {len({c.case for c in changes})} common case(s)")]
     lines += [f"  REGRESSION {c.line()}" for c in regressions]
     if unmatched:
         lines.append(f"  not in both runs: {', '.join(unmatched)}")
@@ -136,9 +136,9 @@ def _append_to_report(report_path: Path | None, missing: Sequence[str], lines: S
     if report_path is None or not report_path.exists():
         return
     section = ["", "## Missing cases and comparison", "",
-               "Cases selected for this run that were not measured to the end (a crashed worker, a "
-               "failed deploy) fail the gate; so do regressions beyond the `--fmbench-compare-fail` "
-               "thresholds.", "", "```text", *lines, "```", ""]
+               ("Cases selected for this run that were not measured to the end (a crashed worker, "
+                "a failed deploy) fail the gate; so do regressions beyond the "
+                "`--fmbench-compare-fail` thresholds."), "", "```text", *lines, "```", ""]
     with open(report_path, "a", encoding="utf-8") as handle:
         handle.write("\n".join(section))
 
