@@ -133,3 +133,29 @@ def test_a_killed_worker_loses_only_its_case_and_fails_the_run(
         for event in rows(path):
             if event["event"] == "deploy" and event["endpoint"].get("pid"):
                 assert not alive(event["endpoint"]["pid"]), event
+
+
+def _reported_cases(results: Path) -> list[str]:
+    import json
+
+    data = json.loads((results / "results.json").read_text())
+    return sorted(f"{m['experiment_name']}-{m['payload_file'].removesuffix('.jsonl')}-c{m['concurrency']}"
+                  for m in data["metrics"])
+
+
+def test_subsets_compose_with_xdist_into_one_report_of_what_ran(
+        pytester: pytest.Pytester, recording: Path) -> None:
+    pytester.makefile(".yml", cfg=recording_config())
+    pytester.makepyfile(test_bench="""
+        def test_benchmark(fmbench_load, fmbench_case):
+            result = fmbench_load()
+            assert fmbench_case.id != "beta-payload_a-c2", "this one fails"
+        """)
+    base = ("-p", "no:randomly", "--fmbench-config=cfg.yml")
+    first = pytester.runpytest_subprocess(*base, "-n", "2", "-k", "c2", "--fmbench-results-dir=first")
+    first.assert_outcomes(passed=1, failed=1)
+    assert _reported_cases(pytester.path / "first") == ["alpha-payload_a-c2", "beta-payload_a-c2"]
+    again = pytester.runpytest_subprocess(*base, "-n", "2", "--lf", "--fmbench-results-dir=again")
+    again.assert_outcomes(failed=1)
+    assert _reported_cases(pytester.path / "again") == ["beta-payload_a-c2"]
+    assert "missing cases" not in again.stdout.str()
