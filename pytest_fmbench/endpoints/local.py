@@ -11,7 +11,7 @@ from pytest_fmbench.endpoints.local_model import (
     LocalServer,
     ModelSpec,
     ensure_model,
-    stop_process_group,
+    StopsOrphanedServer,
 )
 from pytest_fmbench.endpoints.openai_http import OpenAIClient
 from pytest_fmbench.endpoints.registry import EndpointContext
@@ -36,7 +36,7 @@ def resolve_local_model(model: str, seed: int = 0) -> Path:
     return path
 
 
-class LocalEndpoint:
+class LocalEndpoint(StopsOrphanedServer):
     def __init__(self, config: Config, experiment: Experiment, context: EndpointContext) -> None:
         self.name = experiment.name
         self.settings = experiment.local or LocalSettings()
@@ -49,14 +49,6 @@ class LocalEndpoint:
     @property
     def deployed_by_us(self) -> bool:
         return self._server is not None
-
-    @classmethod
-    def cleanup_orphan(cls, config: Config, experiment: Experiment, context: EndpointContext,
-                       description: dict[str, Any]) -> None:
-        """Stop a server whose deploying process died (its pid was logged at deploy)."""
-        pid = description.get("pid")
-        if isinstance(pid, int):
-            stop_process_group(pid)
 
     def deploy(self) -> None:
         model = self.settings.model

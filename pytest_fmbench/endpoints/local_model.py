@@ -504,6 +504,18 @@ def _kill_group(pgid: int) -> None:
     _signal_group(pgid, signal.SIGKILL)
 
 
+class StopsOrphanedServer:
+    """For backends whose server is a process group with its pid logged at deploy: the
+    controller stops it when the worker that deployed it died (``cleanup_orphans``)."""
+
+    @classmethod
+    def cleanup_orphan(cls, config: Any, experiment: Any, context: Any,
+                       description: dict[str, Any]) -> None:
+        pid = description.get("pid")
+        if isinstance(pid, int):
+            stop_process_group(pid)
+
+
 def stop_process_group(pgid: int, timeout_s: float = 10.0) -> None:
     """SIGTERM a server's process group that is not our child, then SIGKILL what remains."""
     _signal_group(pgid, signal.SIGTERM)

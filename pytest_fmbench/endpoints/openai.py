@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from pytest_fmbench.config.model import Config, Experiment, OpenAISettings
 from pytest_fmbench.endpoints.base import EndpointClient
 from pytest_fmbench.endpoints.command import PORT_ENV, CommandServer
-from pytest_fmbench.endpoints.local_model import stop_process_group
+from pytest_fmbench.endpoints.local_model import StopsOrphanedServer
 from pytest_fmbench.endpoints.openai_http import OpenAIClient
 from pytest_fmbench.endpoints.registry import EndpointContext
 from pytest_fmbench.errors import ConfigError, EndpointError
@@ -73,7 +73,7 @@ def _key(experiment: Experiment, leaf: str) -> str:
     return f"experiments ({experiment.name}).{leaf}"
 
 
-class OpenAIEndpoint:
+class OpenAIEndpoint(StopsOrphanedServer):
     def __init__(self, config: Config, experiment: Experiment, context: EndpointContext) -> None:
         self.preflight(config, experiment)
         self.name = experiment.name
@@ -134,14 +134,6 @@ class OpenAIEndpoint:
     @property
     def deployed_by_us(self) -> bool:
         return self._server is not None
-
-    @classmethod
-    def cleanup_orphan(cls, config: Config, experiment: Experiment, context: EndpointContext,
-                       description: dict[str, Any]) -> None:
-        """Stop a ``deploy.command`` server whose deploying process died (pid logged at deploy)."""
-        pid = description.get("pid")
-        if isinstance(pid, int):
-            stop_process_group(pid)
 
     def deploy(self) -> None:
         """Start the server with ``openai.deploy.command``; bring-your-own: nothing to do."""
