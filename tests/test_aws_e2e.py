@@ -43,8 +43,6 @@ def aws(servers: tuple[str, AwsRuntimeEmulator], monkeypatch: pytest.MonkeyPatch
     for key, value in aws_environment(control_url=moto, runtime_url=emulator.url).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("FMBENCH_ROLE_ARN", ROLE)
-    monkeypatch.setenv("FMBENCH_WRITE_BUCKET", "fmbench-write")
-    monkeypatch.setenv("FMBENCH_READ_BUCKET", "fmbench-read")
     sm = boto3.client("sagemaker")
     create_byo_endpoint(sm, BYO)
     shutil.copy(REPO / "benchmarks" / "test_fmbench.py", pytester.path / "test_fmbench.py")

@@ -300,10 +300,19 @@ def test_real_fmbench_config_loads_unchanged(tmp_path: Path) -> None:
 
 def test_real_fmbench_config_without_values_names_the_placeholders(tmp_path: Path) -> None:
     text, _error, path = config_error(tmp_path, FMBENCH_LLAMA3_8B_G5_P4D)
-    for name in ("region", "role_arn", "write_bucket", "read_bucket"):
+    for name in ("region", "role_arn"):
         assert "{" + name + "}" in text
         assert f"--fmbench-set {name}=VALUE" in text
     assert str(path) in text
+
+
+def test_buckets_default_like_fmbench_when_not_given(tmp_path: Path) -> None:
+    values = {"region": "us-west-2", "role_arn": "arn:aws:iam::123456789012:role/x"}
+    config = load_text(tmp_path, FMBENCH_LLAMA3_8B_G5_P4D, values=values, environ={})
+    assert config.aws.bucket == "sagemaker-fmbench-write-us-west-2"
+    given = load_text(tmp_path, FMBENCH_LLAMA3_8B_G5_P4D, environ={},
+                      values={**values, "write_bucket": "mine"})
+    assert given.aws.bucket == "mine"
 
 
 def test_environment_fills_region_and_values_win(tmp_path: Path) -> None:

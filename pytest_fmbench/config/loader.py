@@ -68,6 +68,10 @@ def _fill(text: str, path: Path, values: dict[str, str], environ: Mapping[str, s
                 if environ.get(variable):
                     values[name] = environ[variable]
                     break
+    # FMBench defaults its buckets too (they only feed its S3 machinery, unused here).
+    region = values.get("region", "unknown-region")
+    values.setdefault("write_bucket", f"sagemaker-fmbench-write-{region}")
+    values.setdefault("read_bucket", f"sagemaker-fmbench-read-{region}")
     filled, missing = fill_placeholders(text, values)
     if missing:
         names = ", ".join("{" + m + "}" for m in missing)
