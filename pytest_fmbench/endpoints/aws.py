@@ -260,6 +260,24 @@ def status_of(response: dict[str, Any]) -> int | None:
     return status if isinstance(status, int) else None
 
 
+def drain_stream(stream: Any, on_event: Callable[[Any, int], None], deadline_ns: float,
+                 timeout_s: float) -> None:
+    """Hand each event of a response stream to ``on_event`` with its arrival time.
+
+    Past ``deadline_ns`` the read ends as a ``TimeoutError``; on any error (the stream's, the
+    deadline's or ``on_event``'s) the stream is closed so its connection is not left open.
+    """
+    try:
+        for event in stream:
+            arrived = now_ns()
+            on_event(event, arrived)
+            if arrived > deadline_ns:
+                raise TimeoutError(f"the stream did not end within {timeout_s} s")
+    except BaseException:
+        close_stream(stream)
+        raise
+
+
 def close_stream(stream: Any) -> None:
     close = getattr(stream, "close", None)
     if close is not None:

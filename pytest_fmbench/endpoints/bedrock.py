@@ -145,28 +145,23 @@ class BedrockEndpoint:
                 response = runtime.converse_stream(**kwargs)
                 started = True
                 result.status = aws.status_of(response)
-                stream = response["stream"]
-                try:
-                    for event in stream:
-                        arrived = now_ns()
-                        if "contentBlockDelta" in event and not event["contentBlockDelta"]:
-                            # botocore turns an unparseable event into an empty one.
-                            raise ValueError("a contentBlockDelta event without content")
-                        delta = (event.get("contentBlockDelta") or {}).get("delta") or {}
-                        if delta.get("text"):
-                            completion.chunks.append(delta["text"])
-                            progress.content(arrived, 1, result.itl_us)
-                        elif delta.get("reasoningContent") and result.first_reasoning_ns is None:
-                            result.first_reasoning_ns = arrived
-                        elif "metadata" in event:
-                            _converse_usage(event["metadata"].get("usage") or {}, completion)
-                        elif "messageStop" in event:
-                            completion.finished = True
-                        if arrived > deadline_ns:
-                            raise TimeoutError(f"the stream did not end within {self.timeout_s} s")
-                except BaseException:
-                    aws.close_stream(stream)
-                    raise
+
+                def on_event(event: Any, arrived: int) -> None:
+                    if "contentBlockDelta" in event and not event["contentBlockDelta"]:
+                        # botocore turns an unparseable event into an empty one.
+                        raise ValueError("a contentBlockDelta event without content")
+                    delta = (event.get("contentBlockDelta") or {}).get("delta") or {}
+                    if delta.get("text"):
+                        completion.chunks.append(delta["text"])
+                        progress.content(arrived, 1, result.itl_us)
+                    elif delta.get("reasoningContent") and result.first_reasoning_ns is None:
+                        result.first_reasoning_ns = arrived
+                    elif "metadata" in event:
+                        _converse_usage(event["metadata"].get("usage") or {}, completion)
+                    elif "messageStop" in event:
+                        completion.finished = True
+
+                aws.drain_stream(response["stream"], on_event, deadline_ns, self.timeout_s)
                 completion.text = "".join(completion.chunks)
                 if not completion.finished:
                     result.first_token_ns = progress.first
@@ -205,23 +200,18 @@ class BedrockEndpoint:
                 response = runtime.invoke_model_with_response_stream(**kwargs)
                 started = True
                 result.status = aws.status_of(response)
-                stream = response["body"]
-                try:
-                    for event in stream:
-                        arrived = now_ns()
-                        raw = (event.get("chunk") or {}).get("bytes")
-                        if raw:
-                            data = _json_object(raw)
-                            text = fmt.chunk(data, completion)
-                            apply_invocation_metrics(data, completion)
-                            if text:
-                                completion.chunks.append(text)
-                                progress.content(arrived, 1, result.itl_us)
-                        if arrived > deadline_ns:
-                            raise TimeoutError(f"the stream did not end within {self.timeout_s} s")
-                except BaseException:
-                    aws.close_stream(stream)
-                    raise
+
+                def on_chunk(event: Any, arrived: int) -> None:
+                    raw = (event.get("chunk") or {}).get("bytes")
+                    if raw:
+                        data = _json_object(raw)
+                        text = fmt.chunk(data, completion)
+                        apply_invocation_metrics(data, completion)
+                        if text:
+                            completion.chunks.append(text)
+                            progress.content(arrived, 1, result.itl_us)
+
+                aws.drain_stream(response["body"], on_chunk, deadline_ns, self.timeout_s)
                 completion.text = "".join(completion.chunks)
             else:
                 response = runtime.invoke_model(**kwargs)

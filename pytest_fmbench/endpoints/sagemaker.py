@@ -495,19 +495,15 @@ class SageMakerEndpoint:
     def _read_stream(self, stream: Any, result: InferenceResult, progress: aws.StreamProgress,
                      deadline_ns: float) -> Completion:
         decoder = self.format.decoder()
-        try:
-            for event in stream:
-                arrived = now_ns()
-                part = event.get("PayloadPart")
-                if part is not None:
-                    content = decoder.feed(part.get("Bytes") or b"")
-                    if content:
-                        progress.content(arrived, len(content), result.itl_us)
-                if arrived > deadline_ns:
-                    raise TimeoutError(f"the stream did not end within {self.timeout_s} s")
-        except BaseException:
-            aws.close_stream(stream)
-            raise
+
+        def on_event(event: Any, arrived: int) -> None:
+            part = event.get("PayloadPart")
+            if part is not None:
+                content = decoder.feed(part.get("Bytes") or b"")
+                if content:
+                    progress.content(arrived, len(content), result.itl_us)
+
+        aws.drain_stream(stream, on_event, deadline_ns, self.timeout_s)
         result.last_byte_ns = now_ns()
         return decoder.finish()
 
