@@ -389,10 +389,11 @@ class AwsRuntimeEmulator:
         if not stream:
             if not await self._complete(reply):
                 return web.Response(status=200)
-            if fault is not None and fault.kind == "bad_json":
-                return web.Response(body=b"<html>not json", content_type="application/json")
-            if fault is not None and fault.kind in ("drop_mid_stream", "mid_stream_error"):
-                return await _partial_body(request, b'{"generated_text": "' + reply.text.encode())
+            broken = await _unstreamed_fault(
+                request, fault, partial=b'{"generated_text": "' + reply.text.encode(),
+                bad_body=b"<html>not json", cut=("drop_mid_stream", "mid_stream_error"))
+            if broken is not None:
+                return broken
             return web.json_response(_sagemaker_body(style, reply, details), headers=headers)
 
         def frames() -> Iterator[tuple[str | None, bytes]]:
@@ -421,11 +422,9 @@ class AwsRuntimeEmulator:
         reply = self._converse_reply(body, fault)
         if not await self._complete(reply):
             return web.Response(status=200)
-        if fault is not None and fault.kind == "bad_json":
-            return web.Response(body=b"{oops", content_type="application/json")
-        if fault is not None and fault.kind in ("drop_mid_stream", "mid_stream_error",
-                                                "mid_stream_throttle"):
-            return await _partial_body(request, b'{"output": {"message": ')
+        broken = await _unstreamed_fault(request, fault, partial=b'{"output": {"message": ')
+        if broken is not None:
+            return broken
         return web.json_response({
             "output": {"message": {"role": "assistant", "content": [{"text": reply.text}]}},
             "stopReason": "end_turn",
@@ -485,11 +484,9 @@ class AwsRuntimeEmulator:
         kind, reply = self._invoke_reply(body, fault)
         if not await self._complete(reply):
             return web.Response(status=200)
-        if fault is not None and fault.kind == "bad_json":
-            return web.Response(body=b"{oops", content_type="application/json")
-        if fault is not None and fault.kind in ("drop_mid_stream", "mid_stream_error",
-                                                "mid_stream_throttle"):
-            return await _partial_body(request, b'{"generation": "')
+        broken = await _unstreamed_fault(request, fault, partial=b'{"generation": "')
+        if broken is not None:
+            return broken
         headers = {
             "x-amzn-RequestId": _request_id(),
             "X-Amzn-Bedrock-Input-Token-Count": str(reply.prompt_tokens),
@@ -658,6 +655,21 @@ def _abort(request: web.Request) -> None:
     transport = request.transport
     if transport is not None:
         transport.abort()
+
+
+async def _unstreamed_fault(
+    request: web.Request, fault: FaultRule | None, *, partial: bytes,
+    bad_body: bytes = b"{oops",
+    cut: tuple[str, ...] = ("drop_mid_stream", "mid_stream_error", "mid_stream_throttle"),
+) -> web.StreamResponse | None:
+    """The broken reply a non-streamed call gets for a mid-response fault, or None."""
+    if fault is None:
+        return None
+    if fault.kind == "bad_json":
+        return web.Response(body=bad_body, content_type="application/json")
+    if fault.kind in cut:
+        return await _partial_body(request, partial)
+    return None
 
 
 async def _partial_body(request: web.Request, head: bytes) -> web.StreamResponse:
