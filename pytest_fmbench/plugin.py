@@ -277,7 +277,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return
     following = _case_of(nextitem)
     if following is None or following.experiment != case.experiment:
-        run.endpoints.release(case.experiment, last=True)
+        run.endpoints.teardown(case.experiment)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

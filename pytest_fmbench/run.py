@@ -11,7 +11,7 @@ import json
 import platform
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -217,13 +217,6 @@ class BenchmarkRun:
             self.endpoints.teardown_all()
         finally:
             self.records.close()
-
-
-def experiment_case_counts(cases: Sequence[Case]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for case in cases:
-        counts[case.experiment] = counts.get(case.experiment, 0) + 1
-    return counts
 
 
 def cleanup_orphans(run: BenchmarkRun) -> list[str]:

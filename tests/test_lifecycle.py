@@ -76,43 +76,29 @@ class Harness:
         return read_endpoint_events(self.events_path)
 
 
-def test_deploys_once_per_experiment_and_tears_down_after_the_last_case(tmp_path: Path) -> None:
+def test_deploys_once_per_experiment_until_torn_down(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    h.manager.expect({"a": 3, "b": 1})
     first = h.manager.acquire("a")
     assert h.manager.acquire("a") is first
-    h.manager.release("a")
     assert h.manager.acquire("a") is first
-    h.manager.release("a")
     assert h.manager.live == ["a"]
-    h.manager.release("a")  # the third and last case of 'a'
+    h.manager.teardown("a")  # after the last case of 'a'
     assert h.manager.live == []
     h.manager.acquire("b")
-    h.manager.release("b")
+    h.manager.teardown("b")
     assert h.created == ["a", "b"]
     assert h.warmed == ["a", "b"]
     assert h.journal == [("deploy", "a"), ("teardown", "a"), ("deploy", "b"), ("teardown", "b")]
 
 
-def test_release_last_true_tears_down_at_once(tmp_path: Path) -> None:
+def test_teardown_of_what_is_not_live_does_nothing(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    h.manager.expect({"a": 5})
     h.manager.acquire("a")
-    h.manager.release("a", last=False)
+    h.manager.teardown("b")
     assert h.manager.live == ["a"]
-    h.manager.release("a", last=True)
-    assert h.manager.live == []
+    h.manager.teardown("a")
+    h.manager.teardown("a")
     assert h.journal == [("deploy", "a"), ("teardown", "a")]
-
-
-def test_release_last_false_overrides_count(tmp_path: Path) -> None:
-    h = Harness(tmp_path)
-    h.manager.expect({"a": 1})
-    h.manager.acquire("a")
-    h.manager.release("a", last=False)
-    assert h.manager.live == ["a"]
-    h.manager.teardown_all()
-    assert h.manager.live == []
 
 
 def test_teardown_all_is_idempotent(tmp_path: Path) -> None:
@@ -195,9 +181,8 @@ def test_failing_warmup_counts_as_failed_deploy(tmp_path: Path) -> None:
 
 def test_events_file_rows(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    h.manager.expect({"a": 1})
     h.manager.acquire("a")
-    h.manager.release("a")
+    h.manager.teardown("a")
     deploy, teardown = h.events()
     for row, event in ((deploy, "deploy"), (teardown, "teardown")):
         assert row["experiment"] == "a"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,11 @@ class EndpointManager:
         self._log = log
         self._live: dict[str, Endpoint] = {}
         self._failed: dict[str, str] = {}
-        self._remaining: dict[str, int] = {}
         # What each endpoint said of itself when deployed (teardown clears live state).
         self._described: dict[str, dict[str, Any]] = {}
         # Whether deploy created something (read before teardown resets the endpoint).
         self._ours: dict[str, bool] = {}
         self._lock = threading.RLock()
-
-    def expect(self, counts: Mapping[str, int]) -> None:
-        """How many cases of each experiment this process will run."""
-        self._remaining = dict(counts)
 
     def acquire(self, experiment: str) -> Endpoint:
         with self._lock:
@@ -54,14 +49,6 @@ class EndpointManager:
             if endpoint is None:
                 endpoint = self._deploy(experiment)
             return endpoint
-
-    def release(self, experiment: str, *, last: bool | None = None) -> None:
-        """One case done; tear down after the last (``last`` overrides the count)."""
-        with self._lock:
-            left = self._remaining.get(experiment, 1) - 1
-            self._remaining[experiment] = left
-            if last if last is not None else left <= 0:
-                self.teardown(experiment)
 
     def teardown(self, experiment: str) -> None:
         with self._lock:
