@@ -9,8 +9,10 @@ import pytest
 
 from pytest_fmbench.clock import now_ns
 from pytest_fmbench.endpoints.base import EndpointClient, InferenceRequest, InferenceResult
-from pytest_fmbench.load import waves
-from pytest_fmbench.load.waves import WavePlan, plan_waves, run_waves, wave_requests
+from pytest_fmbench.load import patterns
+from pytest_fmbench.load.monitor import LoopLagMonitor
+from pytest_fmbench.load.patterns import Completed, Dispatcher, LoadPlan
+from pytest_fmbench.load.waves import WavePlan, WavesPattern, plan_waves, wave_requests
 from pytest_fmbench.run import run_async
 
 MS = 1_000_000
@@ -59,14 +61,20 @@ def req(prompt: str, delay: float = 0.0) -> InferenceRequest:
 
 def drive(client: FakeClient, requests: list[InferenceRequest], plan: WavePlan,
           timeout_s: float = 10.0) -> list[Seen]:
+    """The waves pattern as the engine runs it: through the dispatcher."""
     seen: list[Seen] = []
 
-    def on_result(request_id: int, wave: int, scheduled: int, request: InferenceRequest,
-                  result: InferenceResult) -> None:
-        seen.append(Seen(request_id, wave, scheduled, request, result))
+    def sink(done: Completed) -> None:
+        seen.append(Seen(done.request_id, done.wave, done.scheduled_ns, done.request, done.result))
 
     async def go() -> None:
-        await run_waves(client, requests, plan, on_result, timeout_s=timeout_s)
+        monitor = LoopLagMonitor()
+        monitor.start()
+        load = LoadPlan("waves", plan.concurrency, waves=plan.waves, timeout_s=timeout_s)
+        try:
+            await WavesPattern().run(load, requests, Dispatcher(client, sink, load, monitor))
+        finally:
+            await monitor.stop()
 
     run_async(go)
     return seen
@@ -109,7 +117,7 @@ def test_wave_wider_than_payloads_repeats() -> None:
 
 # --- running ------------------------------------------------------------------------------
 
-def test_run_waves_sends_every_planned_request_in_waves() -> None:
+def test_waves_send_every_planned_request_in_waves() -> None:
     client = FakeClient()
     requests = [req(f"p{i}") for i in range(5)]
     plan = WavePlan(concurrency=3, waves=3)
@@ -164,9 +172,9 @@ def test_client_exception_is_a_client_error_and_the_run_goes_on() -> None:
 
 
 def test_hanging_client_ends_as_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The client is meant to enforce timeout_s itself; run_waves only adds a grace bound
+    # The client is meant to enforce timeout_s itself; the dispatcher only adds a grace bound
     # (timeout_s + HANG_GRACE_S) for a client that hangs.
-    monkeypatch.setattr(waves, "HANG_GRACE_S", 0.2)
+    monkeypatch.setattr(patterns, "HANG_GRACE_S", 0.2)
     client = FakeClient()
     seen = drive(client, [req("hang"), req("ok")], WavePlan(concurrency=2, waves=1),
                  timeout_s=0.05)
