@@ -224,11 +224,3 @@ def compare(current: Mapping[str, Mapping[str, Any]], baseline: Mapping[str, Map
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def current_metrics(metrics: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    out = {}
-    for row in metrics.reset_index().to_dict("records"):
-        name = case_id(str(row["experiment"]), str(row["payload_file"]), int(row["concurrency"]))
-        out[name] = {k: _plain(v) for k, v in row.items() if k in METRICS}
-    return out
