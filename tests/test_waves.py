@@ -183,7 +183,8 @@ def test_hanging_client_ends_as_timeout(monkeypatch: pytest.MonkeyPatch) -> None
     hang = by_prompt["hang"].result
     assert hang.error == "timeout"
     assert "0.05" in hang.error_detail
-    assert hang.last_byte_ns - hang.sent_ns >= 250 * MS
+    # asyncio may fire a timer up to its clock resolution (1 ms) early.
+    assert hang.last_byte_ns - hang.sent_ns >= 245 * MS
     assert client.in_flight == 0  # the hung call was cancelled
 
 

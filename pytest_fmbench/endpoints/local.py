@@ -10,8 +10,8 @@ from pytest_fmbench.endpoints.base import EndpointClient
 from pytest_fmbench.endpoints.local_model import (
     LocalServer,
     ModelSpec,
-    ensure_model,
     StopsOrphanedServer,
+    ensure_model,
 )
 from pytest_fmbench.endpoints.openai_http import OpenAIClient
 from pytest_fmbench.endpoints.registry import EndpointContext

@@ -10,22 +10,19 @@ never be the bottleneck, so the hot path does only what the record needs:
   with the same prefix and suffix is a content chunk of the same request, recognised with two
   byte comparisons (~0.3 µs instead of ~3 µs for ``json.loads``); its raw text is kept and
   decoded once, after the last byte;
-- the request body of each payload is encoded once and reused;
-- the connection pool (aiohttp) is shared by every request of the client, and the stream is
-  read to its end so connections are reused.
+- the whole request of each payload is rendered once and reused;
+- the transport (``http1.py``: asyncio protocols and llhttp) keeps connections alive, shared
+  by every request of the client, and timestamps each read as it arrives.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-import aiohttp
-
-from pytest_fmbench.clock import now_ns
 from pytest_fmbench.endpoints.base import InferenceRequest, InferenceResult
+from pytest_fmbench.endpoints.http1 import Pool, Target, parse_headers, render_request
 
 Api = Literal["completions", "chat"]
 
@@ -36,8 +33,6 @@ _DROPPED_PARAMETERS = frozenset(
      "truncate", "watermark", "stream"}
 )
 _RENAMED_PARAMETERS = {"max_new_tokens": "max_tokens"}
-# How long to wait for a stream's end after [DONE] before giving its connection up.
-_DRAIN_S = 2.0
 _BODY_CACHE_SIZE = 65536
 
 
@@ -59,32 +54,6 @@ def classify_status(status: int) -> str:
     return "http_5xx"
 
 
-class _TimedRequest(aiohttp.ClientRequest):
-    """Notes when the request's bytes are handed to the transport (METRICS.md: ``sent``).
-
-    aiohttp writes the body (coalesced with the headers) from a task of its own; on Python
-    3.11 that task runs one loop iteration after ``post()`` started, later still when the
-    loop is busy. Timestamping there keeps that wait out of latency and in the client's
-    dispatch delay, where it belongs.
-    """
-
-    sent_ns = 0
-
-    async def write_bytes(self, *args: Any, **kwargs: Any) -> None:
-        self.sent_ns = now_ns()
-        await super().write_bytes(*args, **kwargs)
-
-    async def send(self, conn: Any) -> aiohttp.ClientResponse:
-        response = await super().send(conn)
-        response._fmbench_request = self  # type: ignore[attr-defined]
-        return response
-
-
-def _sent_ns(response: aiohttp.ClientResponse, fallback: int) -> int:
-    request = getattr(response, "_fmbench_request", None)
-    return getattr(request, "sent_ns", 0) or fallback
-
-
 class OpenAIClient:
     """Sends one request per ``invoke`` over a shared connection pool.
 
@@ -92,7 +61,7 @@ class OpenAIClient:
     hand it to other processes; each opens its own pool on first use.
     """
 
-    # Each request is bounded by ``timeout_s`` here (aiohttp's total timeout): the load
+    # Each request is bounded by ``timeout_s`` in the transport: the load
     # engine needs no timer of its own per request.
     enforces_timeout = True
 
@@ -113,34 +82,34 @@ class OpenAIClient:
         if not root.endswith("/v1"):
             root += "/v1"
         self.url = root + ("/chat/completions" if api == "chat" else "/completions")
+        self.target = Target(self.url)
+        self.path = self.target.path + (f"?{self.target.query}" if self.target.query else "")
         self.api = api
         self.model = model
         self.stream = stream
-        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self.headers = {"Content-Type": "application/json", **dict(headers or {})}
+        self.timeout_s = timeout_s
+        self.headers = parse_headers({"Content-Type": "application/json", "Accept": "*/*",
+                                      "User-Agent": "pytest-fmbench", **dict(headers or {})})
         self.extra_body = dict(extra_body or {})
         # Optional ``(text) -> int`` used when the server reports no usage.
         self.count_tokens = count_tokens
         # The response text is only needed for the tokenizer fallback; decoding it costs.
         self.keep_text = keep_text
-        # [prefix, suffix] of the last content event shape seen (see _read_stream).
+        # [prefix, suffix] of the last content event shape seen (see _digest).
         self._shape: list[bytes] = [b"", b""]
-        self._session: aiohttp.ClientSession | None = None
-        self._bodies: dict[int, tuple[InferenceRequest, bytes]] = {}
+        self._pool: Pool | None = None
+        self._rendered: dict[int, tuple[InferenceRequest, bytes]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_session"] = None
-        state["_bodies"] = {}
+        state["_pool"] = None
+        state["_rendered"] = {}
         return state
 
     def __repr__(self) -> str:  # never the headers: they may carry an API key
         return f"OpenAIClient({self.url!r}, model={self.model!r}, stream={self.stream})"
 
     def _body(self, request: InferenceRequest) -> bytes:
-        cached = self._bodies.get(id(request))
-        if cached is not None and cached[0] is request:
-            return cached[1]
         body: dict[str, Any] = {}
         if self.model is not None:
             body["model"] = self.model
@@ -153,64 +122,43 @@ class OpenAIClient:
         body["stream"] = self.stream
         if self.stream:
             body["stream_options"] = {"include_usage": True}
-        data = json.dumps(body).encode()
-        if len(self._bodies) < _BODY_CACHE_SIZE:
-            # Keyed by identity and holding the request, so an id is never reused meanwhile.
-            self._bodies[id(request)] = (request, data)
-        return data
+        return json.dumps(body).encode()
 
-    def _session_or_new(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-            session = self._session = aiohttp.ClientSession(
-                connector=connector, timeout=self.timeout, request_class=_TimedRequest)
-        return session
+    def _request(self, request: InferenceRequest) -> bytes:
+        """The rendered HTTP request of a payload, cached (payloads repeat across waves)."""
+        cached = self._rendered.get(id(request))
+        if cached is not None and cached[0] is request:
+            return cached[1]
+        raw = render_request("POST", self.target, self.path, self.headers, self._body(request))
+        if len(self._rendered) < _BODY_CACHE_SIZE:
+            # Keyed by identity and holding the request, so an id is never reused meanwhile.
+            self._rendered[id(request)] = (request, raw)
+        return raw
 
     async def invoke(self, request: InferenceRequest) -> InferenceResult:
-        session = self._session_or_new()
-        data = self._body(request)
-        result = InferenceResult(sent_ns=now_ns(), last_byte_ns=0)
-        # (arrival ns, bytes) of each read of a streamed body; parsed once it has ended.
-        reads: list[tuple[int, bytes]] = []
-        body = b""
-        try:
-            async with session.post(self.url, data=data, headers=self.headers) as response:
-                result.sent_ns = _sent_ns(response, result.sent_ns)
-                result.status = response.status
-                if response.status >= 400:
-                    result.error = classify_status(response.status)
-                    result.error_detail = (await response.text())[:500]
-                elif self.stream:
-                    await _read_stream(response, reads)
-                else:
-                    body = await response.read()
-                    result.last_byte_ns = now_ns()
-        except TimeoutError:
-            result.error, result.error_detail = "timeout", f"no complete response in {self.timeout.total} s"
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            started = bool(reads) or result.status is not None
-            result.error = "stream_truncated" if started else "connection"
-            result.error_detail = f"{type(exc).__name__}: {exc}"[:500]
-        except aiohttp.ClientConnectionError as exc:
-            result.error, result.error_detail = "connection", f"{type(exc).__name__}: {exc}"[:500]
-        except aiohttp.ClientError as exc:
-            result.error, result.error_detail = "client", f"{type(exc).__name__}: {exc}"[:500]
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = Pool(self.target)
+        exchange = await pool.exchange(self._request(request), self.timeout_s,
+                                       streamed=self.stream)
+        result = InferenceResult(sent_ns=exchange.sent_ns, last_byte_ns=exchange.last_byte_ns,
+                                 status=exchange.status, error=exchange.error,
+                                 error_detail=exchange.error_detail, retries=exchange.retries)
         if result.error:
-            result.last_byte_ns = now_ns()
-        # Every response whose last bytes came in the same loop iteration takes its
-        # timestamps before any of them is parsed, recorded or followed by a new request.
-        await asyncio.sleep(0)
-        if reads:
-            failure = result.error, result.error_detail
-            _digest(reads, result, self._shape, self.keep_text or self.count_tokens is not None)
-            if failure[0]:  # the transport's verdict (timeout, truncation) stands
-                result.error, result.error_detail = failure
-        elif not result.error and self.stream:
+            if exchange.reads and result.status is not None and result.status < 400:
+                _digest(exchange.reads, result, self._shape, False)  # timings up to the failure
+                result.error, result.error_detail = exchange.error, exchange.error_detail
+            return result
+        assert result.status is not None
+        if result.status >= 400:
+            result.error = classify_status(result.status)
+            result.error_detail = exchange.body[:500].decode(errors="replace")
+        elif not self.stream:
+            _read_body(exchange.body, result)
+        elif exchange.reads:
+            _digest(exchange.reads, result, self._shape, self.keep_text or self.count_tokens is not None)
+        else:
             result.error, result.error_detail = "stream_truncated", "the stream was empty"
-            result.last_byte_ns = now_ns()
-        elif not result.error:
-            _read_body(body, result)
         if not result.error:
             self._fill_tokens(request, result)
         return result
@@ -227,27 +175,10 @@ class OpenAIClient:
             result.token_source = result.token_source or "estimate"
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
-
-_DONE_ENDS = (b"[DONE]\n\n", b"[DONE]\r\n\r\n")
-
-
-async def _read_stream(response: aiohttp.ClientResponse, reads: list[tuple[int, bytes]]) -> None:
-    """Read a streamed body to its end, each read timestamped as it arrives: nothing else."""
-    content = response.content
-    readany = content.readany
-    append = reads.append
-    while True:
-        data = await readany()
-        if not data:
-            return
-        append((now_ns(), data))
-        if data.endswith(_DONE_ENDS) and not content.at_eof():
-            await _drain(content)  # a server that keeps the stream open after [DONE]
-            return
 
 
 def _digest(reads: list[tuple[int, bytes]], result: InferenceResult, shape: list[bytes],
@@ -369,16 +300,6 @@ def _event_data(event: bytes) -> bytes | None:
         return event[5:].strip()
     lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(lines) if lines else None
-
-
-async def _drain(content: aiohttp.StreamReader) -> None:
-    """After [DONE], read to the end so the connection is reused; give up after a while."""
-    try:
-        async with asyncio.timeout(_DRAIN_S):
-            while await content.readany():
-                pass
-    except (TimeoutError, aiohttp.ClientError):
-        pass  # the response is complete; only this connection is lost
 
 
 def _content_shape(event: bytes) -> tuple[bytes, bytes] | None:
