@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 import textwrap
 import time
@@ -307,6 +308,34 @@ def test_each_fault_is_classified_and_the_run_goes_on(fault: str, error: str, pa
     errors = sorted(r.error for r in records)
     assert errors == [""] * 6 + [error] * 3, [r.error_detail for r in records]
     assert all(r.token_source == "server" and r.completion_tokens == 6 for r in records if r.ok)
+
+
+@pytest.mark.parametrize(("fault", "error"), [
+    ("throttle", "throttled"), ("error_5xx", "http_5xx"), ("truncate", "stream_truncated"),
+    ("stall", "timeout"), ("garbage", "bad_response"), ("drop", "connection"),
+])
+def test_faults_of_a_separate_server_process(fault: str, error: str) -> None:
+    """The faulty server in a process of its own, as a real endpoint would be."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pytest_fmbench.testing.openai_server", "--ttft", "0.01",
+         "--token-delay", "0.002", "--fault", fault, "--fault-every", "4"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        url = server.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        plan = LoadPlan("concurrency", 4, requests=16, timeout_s=0.5)
+        records: list[RequestRecord] = []
+        run_load(plan, lambda: OpenAIClient(url, timeout_s=0.5),
+                 [InferenceRequest(f"p {i}") for i in range(16)],
+                 RecordContext("r", "e", "p", 4, "case"), records.append)
+    finally:
+        server.kill()
+        server.wait(10)
+    assert len(records) == 16
+    assert sorted(r.error for r in records) == [""] * 12 + [error] * 4, [
+        r.error_detail for r in records]
+    assert all(r.token_source == "server" for r in records if r.ok)
 
 
 # -- the parsing fast path is exact ---------------------------------------------------------

@@ -154,6 +154,10 @@ class _Connection(asyncio.Protocol):
 
     # -- llhttp callbacks ----------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.exchange is None:
+            self.close()  # a response nobody asked for: the connection can't be trusted
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) in (14, 17) and name.lower() in _FRAMING_HEADERS:
             self.framed = True
