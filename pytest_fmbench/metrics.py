@@ -68,6 +68,11 @@ _LIST: list[Metric] = [
     Metric("client_queue_mean", "s", "lower", "mean client queue: `sent − scheduled` (should be ~0)"),
     Metric("client_queue_p95", "s", "lower", "95th percentile of client queue `sent − scheduled`"),
     Metric("client_queue_max", "s", "lower", "largest client queue `sent − scheduled`"),
+    Metric("client_saturated", "requests", "lower",
+           "requests the client itself was late for (sent over `load.saturation_ms` after due, or "
+           "its event loop lagged more while they were in flight): their timings include client overhead"),
+    Metric("client_loop_lag_max", "s", "lower",
+           "worst event-loop lag of the client while a request was in flight"),
     Metric("transactions_per_minute", "txn/min", "higher", "TPM: successful requests / duration × 60"),
     Metric("prompt_token_throughput", "tokens/s", "higher", "Σ prompt tokens of successful requests / duration"),
     Metric("completion_token_throughput", "tokens/s", "higher",
@@ -136,6 +141,9 @@ def request_frame(table: pa.Table) -> pd.DataFrame:
         "ttft_s": _seconds(table["first_token_ns"], table["sent_ns"]),
         "tpot_s": tpot,
         "client_queue_s": _seconds(table["sent_ns"], table["scheduled_ns"]),
+        "saturated": np.asarray(pc.fill_null(table["saturated"], False).to_numpy(zero_copy_only=False),
+                                dtype=bool),
+        "loop_lag_s": _float(table["loop_lag_us"]) / 1e6,
         "prompt_tokens": _float(table["prompt_tokens"]),
         "completion_tokens": completion,
         "sent_ns": table["sent_ns"].to_numpy(),
@@ -199,6 +207,8 @@ def compute_metrics(
     out["client_queue_mean"] = queue.mean()
     out["client_queue_p95"] = queue.quantile(0.95)
     out["client_queue_max"] = queue.max()
+    out["client_saturated"] = groups["saturated"].sum().astype(int)
+    out["client_loop_lag_max"] = groups["loop_lag_s"].max()
 
     duration = out["duration_s"].where(out["duration_s"] > 0)
     out["transactions_per_minute"] = out["successes"] / duration * 60

@@ -26,13 +26,15 @@ def ns(seconds: float) -> int:
 
 def record(experiment: str, payload: str, concurrency: int, request_id: int, *, sched: float,
            sent: float, last: float, first: float | None = None, prompt: int | None = 100,
-           completion: int | None = 11, error: str = "", itl_us: list[int] | None = None) -> RequestRecord:
+           completion: int | None = 11, error: str = "", itl_us: list[int] | None = None,
+           loop_lag_us: int = 0) -> RequestRecord:
     return RequestRecord(
         run_id="vector", experiment=experiment, payload_file=payload, concurrency=concurrency,
         case_id=f"{experiment}-{payload[:-6]}-c{concurrency}", request_id=request_id,
         scheduled_ns=ns(sched), sent_ns=ns(sent), last_byte_ns=ns(last),
         first_token_ns=None if first is None else ns(first), prompt_tokens=prompt,
-        completion_tokens=completion, token_source="server", error=error, itl_us=itl_us or [])
+        completion_tokens=completion, token_source="server", error=error, itl_us=itl_us or [],
+        loop_lag_us=loop_lag_us, saturated=loop_lag_us > 10_000 or sent - sched > 0.01)
 
 
 def vector_records() -> list[RequestRecord]:
@@ -43,8 +45,9 @@ def vector_records() -> list[RequestRecord]:
         record("alpha", P1, 2, 1, sched=0, sent=0, first=1.0, last=3.0, prompt=200, completion=21,
                itl_us=[300_000]),
         record("alpha", P1, 2, 2, sched=3, sent=3, first=3.5, last=5.0, prompt=100, completion=11),
+        # (sent 0.5 s after it was due, the loop 12 ms late: the client was saturated)
         record("alpha", P1, 2, 3, sched=3, sent=3.5, first=4.5, last=7.5, prompt=200, completion=1,
-               itl_us=[400_000]),
+               itl_us=[400_000], loop_lag_us=12_000),
         # B: alpha P1 c=4, 3 successes + 1 timeout. latency [1, 1.5, 2]; duration 10 s; TPM 18.
         record("alpha", P1, 4, 0, sched=10, sent=10, first=10.5, last=11.0, prompt=100, completion=6),
         record("alpha", P1, 4, 1, sched=10, sent=10, first=10.5, last=11.5, prompt=100, completion=11),

@@ -58,6 +58,8 @@ def test_all_successes_combination_exactly(metrics: pd.DataFrame) -> None:
         "itl_mean": 0.25, "itl_p50": 0.25, "itl_p90": 0.37, "itl_p95": 0.385, "itl_p99": 0.397, "itl_count": 4,
         # client queue [0, 0, 0, 0.5]
         "client_queue_mean": 0.125, "client_queue_p95": 0.425, "client_queue_max": 0.5,
+        # the last request was sent late (saturated) with a 12 ms loop lag
+        "client_saturated": 1, "client_loop_lag_max": 0.012,
         # TPM = 4 / 7.5 × 60; throughputs = Σ tokens / 7.5
         "transactions_per_minute": 32.0, "prompt_token_throughput": 80.0,
         "completion_token_throughput": 44 / 7.5, "prompt_token_count_mean": 150.0,

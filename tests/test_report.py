@@ -106,6 +106,9 @@ def test_report_sections(built) -> None:
     assert f"**{6 * 200 / 3600 + 0.0048 + 0.01:.3g} USD**" in text
     assert "`latency_p95 3.85 s > 3.00 s: alpha payload_en_1-500 c=2`" in text
     assert "TPOT" in text and "time per output token" in text  # glossary
+    # the client's own overhead, per case where it was saturated
+    assert "**Client saturated** in these cases" in text
+    assert "| alpha | payload_en_1-500.jsonl | 2 | 1 of 4 | 0.012 s |" in text
 
 
 def test_config_is_redacted(built, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -266,5 +266,19 @@ def _client(metrics: pd.DataFrame) -> list[str]:
     if isinstance(p95, float) and p95 > max(0.01, 0.05 * (typical if pd.notna(typical) else 0.0)):
         out.append(" **The client may have been a bottleneck**: requests waited in the client "
                    "before being sent; read latency and throughput with care.")
+    lag = metrics["client_loop_lag_max"].max()
+    if pd.notna(lag):
+        out.append(f" Worst event-loop lag of the client while a request was in flight: "
+                   f"{format_value(lag, 's')}.")
     out.append("\n")
+    saturated = metrics[metrics["client_saturated"] > 0]
+    if not saturated.empty:
+        out.append("**Client saturated** in these cases: their timings include the client's own "
+                   "overhead. Spread the load (`load.processes`) or send less.\n")
+        rows = [[str(r.experiment), str(r.payload_file), str(r.concurrency),
+                 f"{int(r.client_saturated)} of {int(r.requests)}",
+                 format_value(r.client_loop_lag_max, "s")] for r in saturated.itertuples()]
+        out.append(table(["experiment", "payload file", "concurrency", "saturated requests",
+                          "worst loop lag"], rows, "lllrr"))
+        out.append("")
     return out
