@@ -461,6 +461,15 @@ def test_wrong_type(tmp_path: Path) -> None:
     assert "'two'" in text
 
 
+def test_local_device(tmp_path: Path) -> None:
+    config = load_text(tmp_path, BASE.replace("    backend: local\n",
+                                              "    backend: local\n    local: {device: 'cuda:1'}\n"))
+    assert config.experiments[0].local.device == "cuda:1"
+    text, _, path = config_error(tmp_path, BASE.replace(
+        "    backend: local\n", "    backend: local\n    local: {device: gpu}\n"))
+    assert_names_file_key_fix(text, path, "experiments[0] (exp-a).local.device")
+
+
 def test_wrong_type_of_a_section(tmp_path: Path) -> None:
     text, _, path = config_error(tmp_path, BASE.replace("general:\n  name: unit\n",
                                                         "general: 5\n"))

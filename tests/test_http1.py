@@ -138,9 +138,9 @@ def test_content_length_responses_reuse_one_connection() -> None:
 
 
 def test_chunked_reads_keep_their_arrival_times() -> None:
-    script = lambda c, r: [CHUNKED_HEAD + chunk(b"data: a\n\n"), 0.05, chunk(b"data: b\n\n"),  # noqa: E731
+    script = lambda c, r: [CHUNKED_HEAD + chunk(b"data: a\n\n"), 0.05, chunk(b"data: b\n\n"),
                            0.05, chunk(b"data: [DONE]\n\n") + LAST_CHUNK]
-    (result,), server = exchanges(script, streamed=True)
+    (result,), _ = exchanges(script, streamed=True)
     assert result.error == ""
     assert [data for _, data in result.reads] == [b"data: a\n\n", b"data: b\n\n", b"data: [DONE]\n\n"]
     times = [at for at, _ in result.reads]
@@ -149,7 +149,7 @@ def test_chunked_reads_keep_their_arrival_times() -> None:
 
 
 def test_body_delimited_by_the_end_of_the_connection() -> None:
-    script = lambda c, r: [b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart one, ", 0.02,  # noqa: E731
+    script = lambda c, r: [b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npart one, ", 0.02,
                            b"part two", CLOSE]
     results, server = exchanges(script, count=2)
     assert [(e.error, e.body) for e in results] == [("", b"part one, part two")] * 2
@@ -164,7 +164,7 @@ def test_connection_close_header_is_honoured() -> None:
 
 def test_stream_held_open_after_done_completes_at_done(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http1, "DRAIN_S", 0.2)
-    script = lambda c, r: [CHUNKED_HEAD + chunk(b"data: [DONE]\n\n"), 30.0]  # noqa: E731
+    script = lambda c, r: [CHUNKED_HEAD + chunk(b"data: [DONE]\n\n"), 30.0]
     results, server = exchanges(script, count=2, streamed=True, gap_s=0.4)
     for result in results:
         assert result.error == ""
@@ -173,7 +173,7 @@ def test_stream_held_open_after_done_completes_at_done(monkeypatch: pytest.Monke
 
 
 def test_terminator_after_done_keeps_the_connection() -> None:
-    script = lambda c, r: [CHUNKED_HEAD + chunk(b"data: [DONE]\n\n"), 0.05, LAST_CHUNK]  # noqa: E731
+    script = lambda c, r: [CHUNKED_HEAD + chunk(b"data: [DONE]\n\n"), 0.05, LAST_CHUNK]
     results, server = exchanges(script, count=3, streamed=True, gap_s=0.1)
     assert all(e.error == "" and e.last_byte_ns - e.sent_ns < 40 * MS for e in results)
     assert server.connections == 1
@@ -189,14 +189,14 @@ def test_close_before_any_response_is_a_connection_error() -> None:
 
 
 def test_close_mid_body_is_a_truncated_stream() -> None:
-    script = lambda c, r: [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", 0.01, CLOSE]  # noqa: E731
+    script = lambda c, r: [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", 0.01, CLOSE]
     (result,), _ = exchanges(script)
     assert result.error == "stream_truncated"
     assert result.status == 200 and result.body == b"only this"
 
 
 def test_invalid_http_is_a_bad_response_and_the_pool_goes_on() -> None:
-    script = lambda c, r: [b"NONSENSE\r\n\r\n"] if r == 0 and c == 0 else [ok(b"fine")]  # noqa: E731
+    script = lambda c, r: [b"NONSENSE\r\n\r\n"] if r == 0 and c == 0 else [ok(b"fine")]
     results, server = exchanges(script, count=2)
     assert results[0].error == "bad_response"
     assert "invalid HTTP response" in results[0].error_detail
@@ -205,7 +205,7 @@ def test_invalid_http_is_a_bad_response_and_the_pool_goes_on() -> None:
 
 
 def test_no_response_in_time_is_a_timeout_and_the_connection_is_dropped() -> None:
-    script = lambda c, r: [5.0] if c == 0 else [ok(b"late but fine")]  # noqa: E731
+    script = lambda c, r: [5.0] if c == 0 else [ok(b"late but fine")]
     results, server = exchanges(script, count=2, timeout_s=0.2)
     assert results[0].error == "timeout"
     assert results[0].error_detail == "no complete response in 0.2 s"
@@ -229,7 +229,7 @@ def test_nothing_listening_is_a_connection_error_naming_the_address() -> None:
 
 
 def test_unsolicited_bytes_on_an_idle_connection_retire_it() -> None:
-    script = lambda c, r: [ok(b"one") + b"HTTP/1.1 200 OK\r\n"] if c == 0 else [ok(b"two")]  # noqa: E731
+    script = lambda c, r: [ok(b"one") + b"HTTP/1.1 200 OK\r\n"] if c == 0 else [ok(b"two")]
     results, server = exchanges(script, count=2, gap_s=0.05)
     assert [(e.error, e.body) for e in results] == [("", b"one"), ("", b"two")]
     assert server.connections == 2
@@ -238,14 +238,14 @@ def test_unsolicited_bytes_on_an_idle_connection_retire_it() -> None:
 def test_a_stale_idle_connection_is_retried_once(monkeypatch: pytest.MonkeyPatch) -> None:
     # The server's keep-alive timeout closes a connection just as a request goes out on it.
     monkeypatch.setattr(http1, "STALE_AFTER_NS", 0)
-    script = lambda c, r: [CLOSE] if r == 1 else [ok(b"fresh")]  # noqa: E731
+    script = lambda c, r: [CLOSE] if r == 1 else [ok(b"fresh")]
     results, server = exchanges(script, count=2)
     assert [(e.error, e.body, e.retries) for e in results] == [("", b"fresh", 0), ("", b"fresh", 1)]
     assert server.connections == 2
 
 
 def test_a_connection_in_steady_use_is_not_retried() -> None:
-    script = lambda c, r: [CLOSE] if r == 1 else [ok(b"fresh")]  # noqa: E731
+    script = lambda c, r: [CLOSE] if r == 1 else [ok(b"fresh")]
     results, _ = exchanges(script, count=2)
     assert [(e.error, e.retries) for e in results] == [("", 0), ("connection", 0)]
 

@@ -207,6 +207,12 @@ def test_command_line() -> None:
     assert "--continuous-batching" not in LocalServer(Path("/m")).command(1)
 
 
+def test_command_line_on_a_gpu_leaves_the_cache_sizing_to_transformers() -> None:
+    cmd = LocalServer(Path("/m"), continuous_batching=True, device="cuda").command(1)
+    assert cmd[cmd.index("--device") + 1] == "cuda"
+    assert "--continuous-batching" in cmd and "--cb-num-blocks" not in cmd
+
+
 def test_serve_stream_and_stop(model_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("fastapi")
     log = tmp_path / "serve.log"

@@ -19,6 +19,7 @@ machine run it more than once. Nothing here asserts the targets; it reports them
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import resource
@@ -94,14 +95,46 @@ def cpu_s() -> float:
 CPU_USED: list[float] = [0.0]
 
 
+class GcPauses:
+    """The garbage collector's pauses during a run (a cause of event-loop lag to rule out).
+
+    Full collections are counted apart: the load engine runs one on purpose before it starts.
+    """
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.young_ns: list[int] = []
+        self.full = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter_ns()
+        elif info["generation"] == 2:
+            self.full += 1
+        else:
+            self.young_ns.append(time.perf_counter_ns() - self.started)
+
+    def __str__(self) -> str:
+        worst = max(self.young_ns, default=0) / 1e6
+        return f"gc: {len(self.young_ns)} young, worst {worst:.1f} ms, {self.full} full"
+
+
+GC: list[GcPauses] = [GcPauses()]
+
+
 def drive(server: BenchServer, plan: LoadPlan, prompts: list[InferenceRequest]
           ) -> tuple[list[RequestRecord], LoadStats, dict[int, int]]:
     server.holds()  # forget earlier runs
     records: list[RequestRecord] = []
     started_cpu, started = cpu_s(), time.monotonic()
-    stats = run_load(plan, lambda: OpenAIClient(server.url, timeout_s=60, keep_text=False),
-                     prompts, RecordContext("perf", "perf", "p", plan.concurrency, "perf"),
-                     records.append)
+    GC[0] = pauses = GcPauses()
+    gc.callbacks.append(pauses)
+    try:
+        stats = run_load(plan, lambda: OpenAIClient(server.url, timeout_s=60, keep_text=False),
+                         prompts, RecordContext("perf", "perf", "p", plan.concurrency, "perf"),
+                         records.append)
+    finally:
+        gc.callbacks.remove(pauses)
     CPU_USED[0] = (cpu_s() - started_cpu) / (time.monotonic() - started)
     return records, stats, server.holds()
 
@@ -145,7 +178,7 @@ def test_fixed_delay(delayed: BenchServer, prompts: list[InferenceRequest], conc
            f"latency - true hold p50 {p50:+.2f} ms p99 {p99:+.2f} ms; "
            f"{chunks / span:8.0f} chunks/s; dispatch p99 {stats.dispatch_p(99):.2f} ms, "
            f"max loop lag {stats.max_loop_lag_us / 1000:.1f} ms, saturated {stats.saturated}, "
-           f"client CPU {CPU_USED[0]:.2f} cores"
+           f"client CPU {CPU_USED[0]:.2f} cores, {GC[0]}"
            f"{verdict}  [{load()}]")
 
 

@@ -204,6 +204,8 @@ class LocalSettings(Section):
     model: str = "tiny"
     seed: int = 0
     continuous_batching: bool = False
+    # Where the model runs: "cpu", "cuda", "cuda:1", "mps" or "auto" (transformers' --device).
+    device: str = Field(default="cpu", pattern=r"^(cpu|auto|mps|cuda(:\d+)?|xpu(:\d+)?)$")
     server_args: list[str] = Field(default_factory=list)
     startup_timeout_s: float = Field(default=300.0, gt=0)
     api: Literal["completions", "chat"] = "completions"

@@ -58,6 +58,7 @@ class LocalEndpoint(StopsOrphanedServer):
         server = LocalServer(
             self._model_dir,
             continuous_batching=self.settings.continuous_batching,
+            device=self.settings.device,
             extra_args=self.settings.server_args,
             log_path=log_path,
             startup_timeout_s=self.settings.startup_timeout_s,
@@ -92,4 +93,5 @@ class LocalEndpoint(StopsOrphanedServer):
             "pid": self._server.pid if self._server else None,
             "model": self.settings.model,
             "continuous_batching": self.settings.continuous_batching,
+            "device": self.settings.device,
         }

@@ -2,7 +2,7 @@
 
 Seen with transformers 5.23, torch 2.13 CPU, on 2 cores (re-check before relying on a detail):
 
-- CLI: ``sys.executable -m transformers.cli.transformers serve MODEL_DIR --device cpu --host H
+- CLI: ``sys.executable -m transformers.cli.transformers serve MODEL_DIR --device D --host H
   --port P [--continuous-batching]``. Naming MODEL_DIR pins the server to it and loads the model
   before listening, so ``GET /health`` == 200 means ready (~5-7 s after launch, mostly imports).
 - A request's ``model`` may be omitted or must equal MODEL_DIR exactly as passed (``model_id``);
@@ -268,12 +268,14 @@ class LocalServer:
     def __init__(self, model_dir: Path, *, continuous_batching: bool = False,
                  extra_args: Sequence[str] = (), host: str = "127.0.0.1",
                  port: int | None = None, log_path: Path | None = None,
-                 startup_timeout_s: float = 120.0, hub_id: str | None = None) -> None:
+                 startup_timeout_s: float = 120.0, hub_id: str | None = None,
+                 device: str = "cpu") -> None:
         # A hub id (e.g. "HuggingFaceTB/SmolLM2-135M-Instruct") is served where the network
         # allows; the server then downloads it itself, so it runs without the offline flags.
         self.hub_id = hub_id
         self.model_dir = Path(model_dir)
         self.continuous_batching = continuous_batching
+        self.device = device
         self.extra_args = tuple(extra_args)
         self.host = host
         self.requested_port = port
@@ -359,9 +361,11 @@ class LocalServer:
 
     def command(self, port: int) -> list[str]:
         cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", self.model_id,
-               "--device", "cpu", "--host", self.host, "--port", str(port)]
+               "--device", self.device, "--host", self.host, "--port", str(port)]
         if self.continuous_batching:
-            cmd += ["--continuous-batching", *_cb_cpu_defaults(self.extra_args)]
+            cmd.append("--continuous-batching")
+            if self.device == "cpu":
+                cmd += _cb_cpu_defaults(self.extra_args)
         return cmd + list(self.extra_args)
 
     def _check_model_dir(self) -> None:
