@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from pytest_fmbench.load import records as records_module
 from pytest_fmbench.load.records import (
     ERROR_CLASSES,
     RecordWriter,
@@ -42,7 +45,7 @@ def test_round_trip_every_field() -> None:
                  error="", error_detail="", status=200, wave=3, retries=1, worker="gw1",
                  itl_us=[1000, 1200, 900])
     line = record.to_json()
-    assert "\n" not in line
+    assert b"\n" not in line
     back = RequestRecord.from_dict(json.loads(line))
     assert back == record
     assert back.itl_us == [1000, 1200, 900]
@@ -72,7 +75,7 @@ def test_writer_appends_and_reader_reads(tmp_path: Path) -> None:
     writer = RecordWriter(path)
     writer.write(rec(0))
     writer.write_many([rec(1), rec(2)])
-    # Flushed at once: readable before close.
+    writer.flush()  # readable before close
     assert [r.request_id for r in read_records([path])] == [0, 1, 2]
     writer.close()
     writer.close()  # idempotent
@@ -82,6 +85,42 @@ def test_writer_appends_and_reader_reads(tmp_path: Path) -> None:
     again.write(rec(3))
     again.close()
     assert [r.request_id for r in read_records([path])] == [0, 1, 2, 3]
+
+
+def test_records_completing_close_together_are_written_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "records.jsonl"
+
+    def in_file() -> list[int]:
+        return [json.loads(line)["request_id"] for line in path.read_bytes().splitlines()]
+
+    clock = SimpleNamespace(now=100.0)
+    monkeypatch.setattr(records_module, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    writer = RecordWriter(path)
+    writer.write(rec(0))
+    assert in_file() == [0]  # the first record goes out at once
+    clock.now += records_module.BATCH_S / 2
+    writer.write_many([rec(1), rec(2)])
+    assert in_file() == [0]  # within BATCH_S of the last write: held
+    clock.now += records_module.BATCH_S
+    writer.write(rec(3))
+    assert in_file() == [0, 1, 2, 3]  # BATCH_S later: all of them, in one write
+    monkeypatch.setattr(records_module, "BATCH_RECORDS", 3)
+    writer.write_many([rec(4), rec(5)])
+    assert in_file() == [0, 1, 2, 3]
+    writer.write(rec(6))
+    assert in_file() == list(range(7))  # a full batch goes out whatever the time
+    writer.write(rec(7))
+    writer.close()
+    assert in_file() == list(range(8))  # close writes the rest
+
+
+def test_serialization_without_orjson_is_the_same_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    record = rec(1, itl_us=[1, 2], error_detail="caf\u00e9 \"quoted\"")
+    with_default = json.loads(record.to_json())
+    monkeypatch.setitem(sys.modules, "orjson", None)
+    fallback = records_module._json_dumps()
+    assert json.loads(fallback(vars(record))) == with_default == json.loads(json.dumps(vars(record)))
 
 
 def test_two_writers_appending_to_one_file_from_threads(tmp_path: Path) -> None:
@@ -122,7 +161,7 @@ def test_torn_last_line_is_skipped(tmp_path: Path) -> None:
     writer.write_many([rec(0), rec(1)])
     writer.close()
     whole = rec(2).to_json()
-    with open(path, "a", encoding="utf-8") as handle:
+    with open(path, "ab") as handle:
         handle.write(whole[: len(whole) // 2])  # a crash mid-write
     assert [r.request_id for r in read_records([path])] == [0, 1]
 

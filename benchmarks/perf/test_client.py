@@ -2,8 +2,9 @@
 
     pytest benchmarks/perf -s
 
-Runs the real load engine and ``OpenAIClient`` against ``server.py`` (a separate process,
-pre-rendered SSE, 16 content chunks) and prints, per run:
+Runs the real load engine, ``OpenAIClient`` and records file (each record appended to a
+``records.jsonl`` as it completes, as in a benchmark run) against ``server.py`` (a separate
+process, pre-rendered SSE, 16 content chunks) and prints, per run:
 
 - fixed 50 ms delay, concurrency 1, 64, 256, 1024: achieved request rate vs the ideal
   (concurrency / delay), reported latency minus the server's true hold time (p50, p99), and
@@ -23,8 +24,10 @@ import gc
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -35,6 +38,7 @@ import pytest
 
 from pytest_fmbench.endpoints.base import InferenceRequest
 from pytest_fmbench.endpoints.openai_http import OpenAIClient
+from pytest_fmbench.load.columnar import ColumnarRecordWriter
 from pytest_fmbench.load.engine import LoadStats, RecordContext, run_load
 from pytest_fmbench.load.patterns import LoadPlan
 from pytest_fmbench.load.records import RequestRecord
@@ -126,15 +130,25 @@ def drive(server: BenchServer, plan: LoadPlan, prompts: list[InferenceRequest]
           ) -> tuple[list[RequestRecord], LoadStats, dict[int, int]]:
     server.holds()  # forget earlier runs
     records: list[RequestRecord] = []
+    # What the plugin does with each record (run.py): appended to records.jsonl as it
+    # completes, and kept for the case's summary.
+    writer = ColumnarRecordWriter(Path(tempfile.mkdtemp(prefix="fmbench-perf-")) / "records.jsonl")
+
+    def emit(record: RequestRecord) -> None:
+        writer.write(record)
+        records.append(record)
+
     started_cpu, started = cpu_s(), time.monotonic()
     GC[0] = pauses = GcPauses()
     gc.callbacks.append(pauses)
     try:
         stats = run_load(plan, lambda: OpenAIClient(server.url, timeout_s=60, keep_text=False),
                          prompts, RecordContext("perf", "perf", "p", plan.concurrency, "perf"),
-                         records.append)
+                         emit)
     finally:
         gc.callbacks.remove(pauses)
+        writer.close()
+        shutil.rmtree(writer.path.parent, ignore_errors=True)
     CPU_USED[0] = (cpu_s() - started_cpu) / (time.monotonic() - started)
     return records, stats, server.holds()
 
