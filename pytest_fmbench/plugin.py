@@ -20,7 +20,7 @@ from pytest_fmbench.endpoints.registry import backend_names, preflight
 from pytest_fmbench.errors import ConfigError, FmbenchError
 from pytest_fmbench.load.summary import format_summary
 from pytest_fmbench.report.ci import junit_properties, write_step_summary
-from pytest_fmbench.report.history import parse_thresholds, resolve_baseline
+from pytest_fmbench.report.history import load_baseline, parse_thresholds, resolve_baseline
 from pytest_fmbench.report.session import (
     ReportSettings,
     SessionReport,
@@ -124,11 +124,12 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", f"{marker}: pytest-fmbench experiment marker")
 
     workerinput: dict[str, Any] = getattr(config, "workerinput", {})
-    if not workerinput:
-        _prepare_comparison(config, report_settings, bench_config.general.name)
     run_id = workerinput.get("fmbench_run_id") or new_run_id()
     results = workerinput.get("fmbench_results_dir") or _setting(
         config, "fmbench_results_dir", "FMBENCH_RESULTS_DIR")
+    if not workerinput:
+        _prepare_comparison(config, report_settings, bench_config.general.name,
+                            (base / results).resolve() if results else None)
     if results:
         results_dir = (base / results).resolve()
         payload_dir = results_dir / "payloads"
@@ -150,7 +151,8 @@ def pytest_configure(config: pytest.Config) -> None:
     _install_sigterm(config)
 
 
-def _prepare_comparison(config: pytest.Config, settings: ReportSettings, name: str) -> None:
+def _prepare_comparison(config: pytest.Config, settings: ReportSettings, name: str,
+                        results_dir: Path | None) -> None:
     reference = config.getoption("fmbench_compare")
     specs = config.getoption("fmbench_compare_fail")
     if specs and not reference:
@@ -162,7 +164,9 @@ def _prepare_comparison(config: pytest.Config, settings: ReportSettings, name: s
     try:
         settings.thresholds = parse_thresholds(specs)
         settings.baseline = resolve_baseline(reference, invocation_dir=base,
-                                             results_root=base / "results" / name)
+                                             results_root=base / "results" / name,
+                                             results_dir=results_dir)
+        settings.baseline_metrics = load_baseline(settings.baseline)
     except ConfigError as exc:
         raise pytest.UsageError(exc.render()) from None
 

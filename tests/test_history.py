@@ -90,6 +90,14 @@ def test_baseline_resolution(tmp_path: Path) -> None:
                             results_root=root).is_file()
     with pytest.raises(ConfigError, match="no earlier run"):
         resolve_baseline("nope", invocation_dir=tmp_path, results_root=root)
+    # A fixed --fmbench-results-dir: latest is the run it holds, else the newest under the root.
+    fixed = tmp_path / "ci-results"
+    assert resolve_baseline("latest", invocation_dir=tmp_path, results_root=root,
+                            results_dir=fixed).parent.name == "20260102T000000-bbbbbb"
+    fixed.mkdir()
+    (fixed / "benchmark.json").write_text("{}")
+    assert resolve_baseline("latest", invocation_dir=tmp_path, results_root=root,
+                            results_dir=fixed).parent == fixed
 
 
 def test_junit_properties_are_flat() -> None:
@@ -159,6 +167,27 @@ def test_regressions_against_an_earlier_run_gate_the_exit_status(
                                  "--fmbench-compare-fail=latency_p95:+10%")
     assert within.ret == pytest.ExitCode.OK
     within.stdout.fnmatch_lines(["*0 regression(s) in 2 common case(s)*"])
+
+
+def test_latest_in_a_fixed_results_dir_is_the_run_it_held(recording: pytest.Pytester) -> None:
+    first = recording.runpytest(*ARGS, "--fmbench-results-dir=ci")
+    first.assert_outcomes(passed=2)
+    assert (recording.path / "lifecycle.log").exists()  # deploys are logged there
+    held = recording.path / "ci" / "benchmark.json"
+    _scaled_baseline(held, held, 1.5)  # the run the directory holds was much faster
+    again = recording.runpytest(*ARGS, "--fmbench-results-dir=ci", "--fmbench-compare=latest",
+                                "--fmbench-compare-fail=latency_p95:+10%")
+    # compared with the earlier run, not with itself (which would never regress)
+    assert again.ret == pytest.ExitCode.TESTS_FAILED
+    again.stdout.fnmatch_lines(["*compared with *ci*benchmark.json: 2 regression(s)*"])
+
+
+def test_a_broken_baseline_is_a_usage_error_before_anything_runs(recording: pytest.Pytester) -> None:
+    (recording.path / "broken.json").write_text("{not json")
+    result = recording.runpytest(*ARGS, "--fmbench-compare=broken.json")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "cannot read the baseline" in result.stderr.str()
+    assert not (recording.path / "lifecycle.log").exists()  # nothing was deployed
 
 
 def test_compare_fail_without_a_baseline_is_a_usage_error(recording: pytest.Pytester) -> None:

@@ -114,10 +114,17 @@ def write_benchmark_json(path: Path, frame: pd.DataFrame, metrics: pd.DataFrame,
 # -- reading a baseline ---------------------------------------------------------------------
 
 def resolve_baseline(reference: str, *, invocation_dir: Path, results_root: Path,
-                     current_run: Path | None = None) -> Path:
-    """A file, a results dir, a run id under ``results_root``, or ``latest`` (previous run)."""
+                     current_run: Path | None = None, results_dir: Path | None = None) -> Path:
+    """A file, a results dir, a run id under ``results_root``, or ``latest`` (previous run).
+
+    ``results_dir``: a fixed ``--fmbench-results-dir`` that every run writes into; ``latest``
+    is then the run it still holds (read before this run replaces it), else the newest under
+    ``results_root``.
+    """
     candidates: list[Path] = []
     if reference == "latest":
+        if results_dir is not None:
+            candidates.append(results_dir / BENCHMARK_FILE)
         runs = sorted(p for p in results_root.glob("*/" + BENCHMARK_FILE)
                       if current_run is None or p.parent != current_run)
         candidates += runs[-1:]

@@ -46,6 +46,8 @@ class ReportSettings:
     mode: GateMode
     # Regressions against an earlier run (``--fmbench-compare``, ``--fmbench-compare-fail``).
     baseline: Path | None = None
+    # The baseline's metrics, read when the run starts: a fixed results dir is overwritten.
+    baseline_metrics: dict[str, dict[str, Any]] | None = None
     thresholds: list[Threshold] = dataclasses.field(default_factory=list)
 
 
@@ -117,7 +119,10 @@ def _comparison(results_dir: Path, settings: ReportSettings, outcome: SessionRep
     assert settings.baseline is not None
     try:
         current = load_baseline(results_dir / BENCHMARK_FILE)
-        changes, unmatched = compare(current, load_baseline(settings.baseline), settings.thresholds)
+        baseline = settings.baseline_metrics
+        if baseline is None:
+            baseline = load_baseline(settings.baseline)
+        changes, unmatched = compare(current, baseline, settings.thresholds)
     except ConfigError as exc:
         outcome.passed = False
         return [f"comparison failed: {exc.render()}"]
