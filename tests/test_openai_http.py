@@ -179,6 +179,12 @@ def test_base_url_normalised(suffix: str) -> None:
     assert OpenAIClient("http://h:1" + suffix, api="chat").url == "http://h:1/v1/chat/completions"
 
 
+def test_a_query_in_the_base_url_stays_after_the_path() -> None:
+    client = OpenAIClient("https://h.example.com/openai/v1?api-version=2024-10-21", api="chat")
+    assert client.url == "https://h.example.com/openai/v1/chat/completions?api-version=2024-10-21"
+    assert client.path == "/openai/v1/chat/completions?api-version=2024-10-21"
+
+
 # --- faults -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("fault", "error", "status"), [

@@ -78,10 +78,14 @@ class OpenAIClient:
         count_tokens: Any = None,
         keep_text: bool = True,
     ) -> None:
-        root = base_url.rstrip("/")
+        # A query (e.g. Azure's ?api-version=) stays after the path.
+        root, _, query = base_url.partition("?")
+        root = root.rstrip("/")
         if not root.endswith("/v1"):
             root += "/v1"
         self.url = root + ("/chat/completions" if api == "chat" else "/completions")
+        if query:
+            self.url += f"?{query}"
         self.target = Target(self.url)
         self.path = self.target.path + (f"?{self.target.query}" if self.target.query else "")
         self.api = api
