@@ -8,6 +8,7 @@ failure path of the transport can be exercised exactly.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -271,6 +272,37 @@ def test_cancelling_an_exchange_closes_its_connection() -> None:
     busy, after = run_async(go)
     assert busy == 0
     assert after.error == "" and server.connections == 2
+
+
+def test_addresses_are_looked_up_once_and_tried_in_turn() -> None:
+    server = ScriptedServer(lambda c, r: [ok(b"x", "Connection: close")])
+
+    async def go() -> tuple[list[str], float, float]:
+        url = await server.start()
+        port = int(url.rsplit(":", 1)[1])
+        pool = Pool(Target(f"http://localhost:{port}/v1"))
+        raw = render_request("POST", pool.target, "/v1", {}, b"")
+        errors = [(await pool.exchange(raw, 2.0, streamed=False)).error]
+        assert pool._resolved is not None
+        looked_up = pool._resolved[0]
+        errors += [(await pool.exchange(raw, 2.0, streamed=False)).error for _ in range(2)]
+        again = pool._resolved[0]
+        # A refused first address (nothing listens there) falls through to the next one.
+        probe = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", 0)
+        dead = probe.sockets[0].getsockname()[1]
+        probe.close()
+        await probe.wait_closed()
+        pool._resolved = (pool._resolved[0], [(socket.AF_INET, ("127.0.0.1", dead)),
+                                              (socket.AF_INET, ("127.0.0.1", port))])
+        errors.append((await pool.exchange(raw, 2.0, streamed=False)).error)
+        pool.close()
+        await server.stop()
+        return errors, looked_up, again
+
+    errors, looked_up, again = run_async(go)
+    assert errors == ["", "", "", ""]
+    assert looked_up == again  # three connections, one lookup
+    assert server.connections == 4
 
 
 # -- targets and headers --------------------------------------------------------------------

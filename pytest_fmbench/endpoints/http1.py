@@ -25,6 +25,7 @@ directly, as the report says.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import urllib.parse
 from collections.abc import Mapping
@@ -36,6 +37,8 @@ from pytest_fmbench.clock import now_ns
 
 # How long a connection may go on after [DONE] before it is given up (not reused).
 DRAIN_S = 2.0
+# How long a looked-up address is used (load balancers change theirs).
+DNS_TTL_S = 300.0
 # A connection idle this long may have been closed by the server's keep-alive timeout.
 STALE_AFTER_NS = 1_000_000_000
 _DONE_ENDS = (b"[DONE]\n\n", b"[DONE]\r\n\r\n")
@@ -238,6 +241,7 @@ class Pool:
         self.idle: list[_Connection] = []
         self.busy: set[_Connection] = set()
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if target.tls else None
+        self._resolved: tuple[float, list[tuple[int, Any]]] | None = None
 
     async def exchange(self, raw: bytes, timeout_s: float, *, streamed: bool) -> Exchange:
         """Send one rendered request; the exchange carries the outcome, errors included.
@@ -287,10 +291,30 @@ class Pool:
 
     async def _connect(self) -> _Connection:
         target = self.target
-        _, protocol = await self.loop.create_connection(
-            lambda: _Connection(self), target.host, target.port, ssl=self._ssl,
-            server_hostname=target.host if self._ssl else None)
-        return protocol
+        addresses = await self._addresses()
+        failure: OSError | None = None
+        for family, address in addresses:
+            try:
+                _, protocol = await self.loop.create_connection(
+                    lambda: _Connection(self), address[0], address[1], family=family,
+                    ssl=self._ssl, server_hostname=target.host if self._ssl else None)
+                return protocol
+            except OSError as exc:  # the next address, as a browser would
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def _addresses(self) -> list[tuple[int, Any]]:
+        """The target's addresses, looked up once per ``DNS_TTL_S`` (not once per connection:
+        a load opens hundreds at once)."""
+        now = self.loop.time()
+        if self._resolved is None or now - self._resolved[0] > DNS_TTL_S:
+            infos = await self.loop.getaddrinfo(self.target.host, self.target.port,
+                                                type=socket.SOCK_STREAM)
+            if not infos:
+                raise OSError(f"no address for {self.target.host}")
+            self._resolved = now, [(info[0], info[4]) for info in infos]
+        return self._resolved[1]
 
     def release(self, connection: _Connection) -> None:
         self.busy.discard(connection)
