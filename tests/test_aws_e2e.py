@@ -5,6 +5,7 @@ cases and after Ctrl-C; an endpoint the user brought is never touched."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -108,6 +109,47 @@ def test_fmbench_bedrock_config_runs_with_ttft_usage_and_counted_retries(
     assert ("us.meta.llama3-1-8b-instruct-v1:0", "invoke-with-response-stream") in actions
     assert ("us.amazon.nova-micro-v1:0", "converse-stream") in actions
     only_byo_left(sm)
+
+
+BROUGHT_UNTYPED = """\
+    general: {name: brought}
+    aws: {region: us-east-1}
+    datasets:
+      synthetic: {records: 30, seed: 3}
+      max_prompts_per_file: 2
+      filters: [{payload_file: payload_all.jsonl, min_length_in_tokens: 1, max_length_in_tokens: 100000}]
+    inference_parameters: {tgi: {max_new_tokens: 8}}
+    load: {min_iters_per_combination: 1, max_iters_per_combination: 1, request_timeout_s: 5}
+    experiments:
+      - name: brought
+        ep_name: EP_NAME
+        deploy: no
+        inference_script: sagemaker_predictor.py
+        inference_spec: {parameter_set: tgi}
+        payload_files: [payload_all.jsonl]
+        concurrency_levels: [1]
+    """
+
+
+def test_a_brought_endpoint_is_priced_from_its_endpoint_config(
+        pytester: pytest.Pytester, aws: tuple[Any, AwsRuntimeEmulator]) -> None:
+    sm, _ = aws
+    pytester.makefile(".yml", cfg=textwrap.dedent(BROUGHT_UNTYPED.replace("EP_NAME", BYO)))
+    result = run(pytester, "cfg.yml")
+    result.assert_outcomes(passed=1)
+    results = json.loads((pytester.path / "out" / "results.json").read_text())
+    price = results["prices"]["brought"]
+    # create_byo_endpoint: one ml.g4dn.xlarge; priced from the packaged table
+    assert (price["key"], price["instance_count"]) == ("ml.g4dn.xlarge", 1)
+    assert price["hourly"] > 0
+    only_byo_left(sm)
+
+    pytester.makefile(".yml", missing=textwrap.dedent(BROUGHT_UNTYPED.replace("EP_NAME", "no-such-ep")))
+    missing = run(pytester, "missing.yml")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    error = missing.stderr.str()
+    assert "SageMaker endpoint 'no-such-ep' not found in us-east-1" in error
+    assert "ep_name" in error and "price_per_hour" in error and "Traceback" not in error
 
 
 FAILING = """\

@@ -155,7 +155,9 @@ class SageMakerEndpoint:
                                   fix="set image_uri to the serving container (TGI, LMI, vLLM)")
         elif not experiment.ep_name:
             raise _missing_ep_name(experiment)
-        aws.check_region_and_credentials(config, experiment)
+        boto_session = aws.check_region_and_credentials(config, experiment)
+        if not experiment.deploy and not experiment.instance_type and experiment.price_per_hour is None:
+            _read_instance_type(boto_session, experiment)
 
     # -- clients -----------------------------------------------------------------------
     def _boto_session(self) -> Any:
@@ -538,6 +540,46 @@ def _unknown_format(experiment: Experiment, name: str) -> ConfigError:
         fix=f"use one of: {', '.join(format_names())} (or register one with "
         "pytest_fmbench.endpoints.sagemaker_formats.register_format)",
     )
+
+
+def _read_instance_type(boto_session: Any, experiment: Experiment) -> None:
+    """Fill in a ``deploy: no`` endpoint's instance type (and count) from its endpoint config,
+    so that it can be priced without repeating them in the config."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    where = f"experiments ({experiment.name})"
+    name = str(experiment.ep_name)
+    skip = "or set instance_type (and instance_count) or price_per_hour to skip this lookup"
+    client = boto_session.client("sagemaker", config=aws.client_config(timeout_s=30.0))
+    try:
+        endpoint = client.describe_endpoint(EndpointName=name)
+        endpoint_config = client.describe_endpoint_config(
+            EndpointConfigName=endpoint["EndpointConfigName"])
+    except ClientError as exc:
+        code = aws.error_code(exc)
+        if code == "ValidationException":
+            raise ConfigError(
+                f"{where}: SageMaker endpoint '{name}' not found in {boto_session.region_name}",
+                key=f"{where}.ep_name", fix=f"check ep_name and aws.region, {skip}") from None
+        raise ConfigError(f"{where}: could not describe SageMaker endpoint '{name}' ({code}): "
+                          f"{exc}", key=f"{where}.instance_type",
+                          fix=f"allow sagemaker:DescribeEndpoint and DescribeEndpointConfig, {skip}"
+                          ) from None
+    except BotoCoreError as exc:
+        raise ConfigError(f"{where}: could not describe SageMaker endpoint '{name}': {exc}",
+                          key=f"{where}.instance_type", fix=f"check the network, {skip}") from None
+    variants = endpoint_config.get("ProductionVariants") or []
+    variant = variants[0] if variants else {}
+    if not variant.get("InstanceType"):
+        raise ConfigError(f"{where}: SageMaker endpoint '{name}' has no instance type "
+                          "(a serverless endpoint?), so it cannot be priced per instance-hour",
+                          key=f"{where}.price_per_hour",
+                          fix="set price_per_hour (USD per hour) for this experiment")
+    experiment.instance_type = variant["InstanceType"]
+    if "instance_count" not in experiment.model_fields_set:
+        live = {v.get("VariantName"): v for v in endpoint.get("ProductionVariants") or []}
+        current = live.get(variant.get("VariantName"), {}).get("CurrentInstanceCount")
+        experiment.instance_count = int(current or variant.get("InitialInstanceCount") or 1)
 
 
 def _missing_ep_name(experiment: Experiment) -> ConfigError:
