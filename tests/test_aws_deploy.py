@@ -302,9 +302,9 @@ def test_preflight_missing_or_malformed_role_when_deploying(sm: Any) -> None:
     assert "no execution role" in message and "FMBENCH_ROLE_ARN" in message
     message = check(bench_config(deploy_experiment(), aws={"sagemaker_execution_role": "admin"}))
     assert "not an IAM role ARN" in message
-    # Bringing your own endpoint needs no role.
+    # Bringing your own endpoint needs no role (priced here, so its type is not looked up).
     preflight(bench_config({"name": "byo", "backend": "sagemaker", "deploy": False,
-                            "ep_name": "x"}, aws={"region": "us-east-1"}))
+                            "ep_name": "x", "price_per_hour": 1.0}, aws={"region": "us-east-1"}))
 
 
 @pytest.mark.parametrize(("change", "expected"), [
