@@ -6,7 +6,6 @@ import json
 import sys
 import threading
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -75,7 +74,7 @@ def test_writer_appends_and_reader_reads(tmp_path: Path) -> None:
     writer = RecordWriter(path)
     writer.write(rec(0))
     writer.write_many([rec(1), rec(2)])
-    writer.flush()  # readable before close
+    # Flushed at once: readable before close.
     assert [r.request_id for r in read_records([path])] == [0, 1, 2]
     writer.close()
     writer.close()  # idempotent
@@ -85,34 +84,6 @@ def test_writer_appends_and_reader_reads(tmp_path: Path) -> None:
     again.write(rec(3))
     again.close()
     assert [r.request_id for r in read_records([path])] == [0, 1, 2, 3]
-
-
-def test_records_completing_close_together_are_written_together(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "records.jsonl"
-
-    def in_file() -> list[int]:
-        return [json.loads(line)["request_id"] for line in path.read_bytes().splitlines()]
-
-    clock = SimpleNamespace(now=100.0)
-    monkeypatch.setattr(records_module, "time", SimpleNamespace(monotonic=lambda: clock.now))
-    writer = RecordWriter(path)
-    writer.write(rec(0))
-    assert in_file() == [0]  # the first record goes out at once
-    clock.now += records_module.BATCH_S / 2
-    writer.write_many([rec(1), rec(2)])
-    assert in_file() == [0]  # within BATCH_S of the last write: held
-    clock.now += records_module.BATCH_S
-    writer.write(rec(3))
-    assert in_file() == [0, 1, 2, 3]  # BATCH_S later: all of them, in one write
-    monkeypatch.setattr(records_module, "BATCH_RECORDS", 3)
-    writer.write_many([rec(4), rec(5)])
-    assert in_file() == [0, 1, 2, 3]
-    writer.write(rec(6))
-    assert in_file() == list(range(7))  # a full batch goes out whatever the time
-    writer.write(rec(7))
-    writer.close()
-    assert in_file() == list(range(8))  # close writes the rest
 
 
 def test_serialization_without_orjson_is_the_same_json(monkeypatch: pytest.MonkeyPatch) -> None:

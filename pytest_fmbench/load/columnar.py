@@ -18,7 +18,6 @@ import dataclasses
 import os
 import secrets
 import threading
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -79,28 +78,29 @@ class ColumnarRecordWriter(RecordWriter):
         super().__init__(path)
         self.side_path = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(3)}{SIDE_SUFFIX}")
         # Byte offsets in the JSON-lines file: where the records since the last checkpoint
-        # start, and where the next one will (None until the first record).
-        self._offset: int | None = None
+        # start, and where the next one will.
+        self._offset = path.stat().st_size if path.exists() else 0
         self._pending: list[RequestRecord] = []
-        self._pending_start = 0
+        self._pending_start = self._offset
         self._side: IO[bytes] | None = None
         self._stream: pa.ipc.RecordBatchStreamWriter | None = None
         self._side_lock = threading.Lock()
 
-    def _added(self, record: RequestRecord, line: bytes) -> None:
-        if self._offset is None:  # the file's size when this writer's first record came
-            self._offset = self.path.stat().st_size if self.path.exists() else 0
+    def _opened(self) -> None:
+        self._offset = self.path.stat().st_size
+        if not self._pending:
             self._pending_start = self._offset
+
+    def _added(self, record: RequestRecord, line: bytes) -> None:
         self._offset += len(line)
         self._pending.append(record)
 
     def checkpoint(self) -> None:
         """Append the records written since the last checkpoint to the side file."""
         with self._lock:
-            self._write_buffer(time.monotonic())  # the batch's lines are in the file first
             pending, start, end = self._pending, self._pending_start, self._offset
-            self._pending, self._pending_start = [], self._offset or 0
-        if not pending or end is None:
+            self._pending, self._pending_start = [], self._offset
+        if not pending:
             return
         try:
             batch = records_to_table(pending).combine_chunks().to_batches()[0]
