@@ -113,6 +113,29 @@ def test_missing_api_key_variable_fails_at_configure_time(
     assert "export MY_LLM_KEY=" in result.stderr.str()
 
 
+def test_a_key_or_header_that_would_break_the_request_fails_at_configure_time(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_LLM_KEY", SECRET + "\n")  # read from a file with its newline
+    pytester.makepyfile(test_bench=BENCHMARK_TEST)
+    experiment = """\
+        - name: keyed
+          backend: openai
+          openai: {base_url: "http://127.0.0.1:9", api_key_env: MY_LLM_KEY%s}
+          payload_files: [payload_a.jsonl]
+          concurrency_levels: [1]
+        """
+    pytester.makefile(".yml", cfg=config(experiment % ""))
+    result = pytester.runpytest(*INNER_ARGS, "--fmbench-config=cfg.yml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "MY_LLM_KEY holds a line break" in result.stderr.str()
+    assert SECRET not in result.stdout.str() + result.stderr.str()
+    monkeypatch.setenv("MY_LLM_KEY", SECRET)
+    pytester.makefile(".yml", cfg=config(experiment % ', headers: {"X Team": "a"}'))
+    result = pytester.runpytest(*INNER_ARGS, "--fmbench-config=cfg.yml")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "header 'X Team'" in result.stderr.str() and "openai.headers" in result.stderr.str()
+
+
 def test_client_repr_hides_headers() -> None:
     client = OpenAIClient("http://h:1", headers={"Authorization": f"Bearer {SECRET}"})
     assert SECRET not in repr(client)

@@ -91,13 +91,6 @@ def render_request(method: str, target: Target, path: str, headers: Mapping[str,
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def check_headers(headers: Mapping[str, str]) -> None:
-    """Refuse header names or values that would break the request (never echoing the value)."""
-    for name, value in headers.items():
-        if not name or any(c in name for c in "\r\n: \t") or any(c in str(value) for c in "\r\n"):
-            raise ValueError(f"header '{name.strip()}' has a line break or an invalid name")
-
-
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; serves one exchange at a time."""
 
@@ -345,7 +338,10 @@ def _describe(exc: BaseException, target: Target) -> str:
 
 
 def parse_headers(headers: Mapping[str, Any] | None) -> dict[str, str]:
-    """Header values as strings, checked for line breaks."""
+    """Header values as strings; a name or value that would break the request is refused
+    (naming the header, never echoing its value: it may be a key)."""
     out = {str(k): str(v) for k, v in (headers or {}).items()}
-    check_headers(out)
+    for name, value in out.items():
+        if not name or any(c in name for c in "\r\n: \t") or any(c in value for c in "\r\n"):
+            raise ValueError(f"header '{name.strip()}' has a line break or an invalid name")
     return out

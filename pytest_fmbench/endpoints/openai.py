@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from pytest_fmbench.config.model import Config, Experiment, OpenAISettings
 from pytest_fmbench.endpoints.base import EndpointClient
 from pytest_fmbench.endpoints.command import PORT_ENV, CommandServer
+from pytest_fmbench.endpoints.http1 import parse_headers
 from pytest_fmbench.endpoints.local_model import StopsOrphanedServer
 from pytest_fmbench.endpoints.openai_http import OpenAIClient
 from pytest_fmbench.endpoints.registry import EndpointContext
@@ -130,6 +131,17 @@ class OpenAIEndpoint(StopsOrphanedServer):
                 f"environment variable {settings.api_key_env} is not set",
                 key=_key(experiment, "openai.api_key_env"),
                 fix=f"export {settings.api_key_env}=<your API key>")
+        try:
+            parse_headers(settings.headers)
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=_key(experiment, "openai.headers"),
+                              fix="one line per header value, names without spaces or colons"
+                              ) from None
+        if settings.api_key_env and any(c in os.environ[settings.api_key_env] for c in "\r\n"):
+            raise ConfigError(f"environment variable {settings.api_key_env} holds a line break",
+                              key=_key(experiment, "openai.api_key_env"),
+                              fix=f"export {settings.api_key_env} without a trailing newline "
+                                  "(e.g. $(tr -d '\\n' < keyfile))")
 
     @property
     def deployed_by_us(self) -> bool:
