@@ -662,3 +662,15 @@ def test_negative_load_setting_rejected(tmp_path: Path) -> None:
     text = BASE + "load:\n  request_timeout_s: -1\n"
     text_, _, path = config_error(tmp_path, text)
     assert_names_file_key_fix(text_, path, "load.request_timeout_s")
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_config_loads_and_expands(path: Path) -> None:
+    from pytest_fmbench.cases import expand_cases
+
+    config = load_config(path, {"region": "us-east-1",
+                                "role_arn": "arn:aws:iam::123456789012:role/fmbench"}, environ={})
+    assert expand_cases(config)
