@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from pathlib import Path
 from typing import Any
+
+from aiohttp import web
+
+from pytest_fmbench.endpoints.base import InferenceRequest, InferenceResult
+from pytest_fmbench.endpoints.openai_http import OpenAIClient
+from pytest_fmbench.run import run_async
 
 BENCHMARK_TEST = '''
 def test_benchmark(fmbench_load):
@@ -203,3 +210,37 @@ def alive(pid: int) -> bool:
             return handle.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def serve_raw(parts: list[bytes], gap_s: float = 0.0, requests: int = 1,
+              client: dict[str, Any] | None = None) -> list[InferenceResult]:
+    """Write ``parts`` as one response body, each part its own write (so its own read)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for part in parts:
+            await response.write(part)
+            await asyncio.sleep(gap_s)
+        await response.write_eof()
+        return response
+
+    async def go() -> list[InferenceResult]:
+        app = web.Application()
+        app.router.add_post("/v1/completions", handler)
+        app.router.add_post("/v1/chat/completions", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        openai = OpenAIClient(f"http://127.0.0.1:{port}", timeout_s=5, **(client or {}))
+        try:
+            return [await openai.invoke(InferenceRequest("x", prompt_tokens=1))
+                    for _ in range(requests)]
+        finally:
+            await openai.aclose()
+            await runner.cleanup()
+
+    return run_async(go)

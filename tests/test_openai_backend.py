@@ -7,8 +7,6 @@ test_openai_http.py.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import subprocess
 import sys
 import textwrap
@@ -17,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from pytest_fmbench.config.model import Config
 from pytest_fmbench.endpoints.base import InferenceRequest, InferenceResult
@@ -31,7 +28,7 @@ from pytest_fmbench.load.patterns import LoadPlan
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.run import run_async
 from pytest_fmbench.testing.openai_server import FakeOpenAIServer, ServerBehaviour
-from tests.e2e_support import BENCHMARK_TEST, INNER_ARGS, alive, rows
+from tests.e2e_support import BENCHMARK_TEST, INNER_ARGS, alive, rows, serve_raw
 
 FAKE_SERVER = f"{sys.executable} -m pytest_fmbench.testing.openai_server --port $FMBENCH_PORT"
 SECRET = "sk-test-5f9c2b7e-do-not-log"
@@ -362,40 +359,6 @@ def test_faults_of_a_separate_server_process(fault: str, error: str) -> None:
 
 
 # -- the parsing fast path is exact ---------------------------------------------------------
-
-def serve_raw(parts: list[bytes], gap_s: float = 0.0, requests: int = 1,
-              client: dict[str, Any] | None = None) -> list[InferenceResult]:
-    """Write ``parts`` as one response body, each part its own write (so its own read)."""
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for part in parts:
-            await response.write(part)
-            await asyncio.sleep(gap_s)
-        await response.write_eof()
-        return response
-
-    async def go() -> list[InferenceResult]:
-        app = web.Application()
-        app.router.add_post("/v1/completions", handler)
-        app.router.add_post("/v1/chat/completions", handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        openai = OpenAIClient(f"http://127.0.0.1:{port}", timeout_s=5, **(client or {}))
-        try:
-            return [await openai.invoke(InferenceRequest("x", prompt_tokens=1))
-                    for _ in range(requests)]
-        finally:
-            await openai.aclose()
-            await runner.cleanup()
-
-    return run_async(go)
-
 
 def vllm_chunk(text: str, finish: str | None = None, sep: bytes = b"\n\n") -> bytes:
     import json

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from pytest_fmbench.endpoints.base import InferenceRequest, InferenceResult
 from pytest_fmbench.endpoints.openai_http import (
@@ -19,6 +17,7 @@ from pytest_fmbench.endpoints.openai_http import (
 )
 from pytest_fmbench.run import run_async
 from pytest_fmbench.testing.openai_server import FakeOpenAIServer, ServerBehaviour
+from tests.e2e_support import serve_raw
 
 MS = 1_000_000
 US = 1_000
@@ -245,35 +244,9 @@ def _sse(payload: dict[str, Any]) -> bytes:
 
 
 def run_with_handler(chunks: list[dict[str, Any]], gap_s: float = 0.03) -> InferenceResult:
-    """Serve ``chunks`` as one chat stream from a tiny aiohttp app in the same loop."""
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        for chunk in chunks:
-            await asyncio.sleep(gap_s)
-            await response.write(_sse(chunk))
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
-
-    async def go() -> InferenceResult:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        client = OpenAIClient(f"http://127.0.0.1:{port}", api="chat", timeout_s=5)
-        try:
-            return await client.invoke(InferenceRequest("think", prompt_tokens=1))
-        finally:
-            await client.aclose()
-            await runner.cleanup()
-
-    return run_async(go)
+    """Serve ``chunks`` as one chat stream, ``gap_s`` apart."""
+    parts = [_sse(chunk) for chunk in chunks] + [b"data: [DONE]\n\n"]
+    return serve_raw(parts, gap_s=gap_s, client={"api": "chat"})[0]
 
 
 def delta(finish: str | None = None, **fields: str) -> dict[str, Any]:
