@@ -127,9 +127,6 @@ def pytest_configure(config: pytest.Config) -> None:
     run_id = workerinput.get("fmbench_run_id") or new_run_id()
     results = workerinput.get("fmbench_results_dir") or _setting(
         config, "fmbench_results_dir", "FMBENCH_RESULTS_DIR")
-    if not workerinput:
-        _prepare_comparison(config, report_settings, bench_config.general.name,
-                            (base / results).resolve() if results else None)
     if results:
         results_dir = (base / results).resolve()
         payload_dir = results_dir / "payloads"
@@ -137,6 +134,9 @@ def pytest_configure(config: pytest.Config) -> None:
         # results/<name>/<run id>/, with payload files shared by the runs of <name>.
         results_dir = (base / "results" / bench_config.general.name / run_id).resolve()
         payload_dir = results_dir.parent / "payloads"
+    if not workerinput:
+        _prepare_comparison(config, report_settings, bench_config.general.name,
+                            results_dir if results else None)
     payload_dir = Path(workerinput.get("fmbench_payload_dir") or payload_dir)
     run = BenchmarkRun(bench_config, run_id=run_id, results_dir=results_dir,
                        payload_dir=payload_dir, worker=workerinput.get("workerid", ""),
