@@ -13,7 +13,7 @@ import pytest
 
 from pytest_fmbench.cases import Case, all_markers, expand_cases
 from pytest_fmbench.config.loader import load_config
-from pytest_fmbench.config.model import BUILTIN_BACKENDS
+from pytest_fmbench.config.model import BUILTIN_BACKENDS, Config
 from pytest_fmbench.endpoints.base import Endpoint
 from pytest_fmbench.endpoints.lifecycle import DeployFailed
 from pytest_fmbench.endpoints.registry import backend_names, preflight
@@ -30,12 +30,14 @@ from pytest_fmbench.report.session import (
     prepare,
 )
 from pytest_fmbench.run import BenchmarkRun, CaseResult, cleanup_orphans, new_run_id
+from pytest_fmbench.timeouts import case_timeout_s, parse_case_timeout
 
 RUN_KEY = pytest.StashKey[BenchmarkRun]()
 CASES_KEY = pytest.StashKey[list[Case]]()
 SIGTERM_KEY = pytest.StashKey[Any]()
 REPORT_SETTINGS_KEY = pytest.StashKey[ReportSettings]()
 SESSION_REPORT_KEY = pytest.StashKey[SessionReport]()
+CASE_TIMEOUTS_KEY = pytest.StashKey[dict[str, float | None]]()
 
 NO_CONFIG = (
     "no pytest-fmbench config given: pass --fmbench-config=PATH "
@@ -72,7 +74,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fmbench-compare-fail", dest="fmbench_compare_fail", action="append",
                     default=[], metavar="METRIC:+N%", help="fail on a regression against "
                     "--fmbench-compare, e.g. latency_p95:+10%,tpm:-10% (repeatable).")
+    group.addoption("--fmbench-case-timeout", dest="fmbench_case_timeout", metavar="SECONDS",
+                    default=None, help="pytest-timeout's limit for each benchmark case, deploy "
+                    "and teardown included: 'auto' (default: derived from the config's deploy, "
+                    "request and load bounds), 'none', or seconds. A suite-wide --timeout or "
+                    "ini timeout never applies to cases. Env: FMBENCH_CASE_TIMEOUT; ini: "
+                    "fmbench_case_timeout.")
     parser.addini("fmbench_config", "benchmark config file (FMBench-compatible YAML)")
+    parser.addini("fmbench_case_timeout", "timeout of each benchmark case: auto, none or seconds")
     parser.addini("fmbench_gate", "budget gate mode: best or every")
     parser.addini("fmbench_results_dir", "directory for records and the report")
 
@@ -143,12 +152,28 @@ def pytest_configure(config: pytest.Config) -> None:
                        log=_logger(config))
     config.stash[RUN_KEY] = run
     config.stash[CASES_KEY] = cases
+    config.stash[CASE_TIMEOUTS_KEY] = _case_timeouts(config, bench_config)
     config.stash[REPORT_SETTINGS_KEY] = report_settings
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(Controller(config, cases), CONTROLLER)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(run), "fmbench-xdist")
     _install_sigterm(config)
+
+
+def _case_timeouts(config: pytest.Config, bench_config: Config) -> dict[str, float | None]:
+    """Per experiment, the ``timeout`` marker value its cases carry (pytest-timeout only)."""
+    if not config.pluginmanager.hasplugin("timeout"):
+        return {}
+    raw = _setting(config, "fmbench_case_timeout", "FMBENCH_CASE_TIMEOUT")
+    try:
+        chosen = parse_case_timeout(raw)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--fmbench-case-timeout: {exc}\n  fix: e.g. "
+                                "--fmbench-case-timeout=auto, =none or =7200") from None
+    if isinstance(chosen, str):  # "auto"
+        return {e.name: case_timeout_s(bench_config, e) for e in bench_config.experiments}
+    return {e.name: chosen for e in bench_config.experiments}
 
 
 def _prepare_comparison(config: pytest.Config, settings: ReportSettings, name: str,
@@ -250,11 +275,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("fmbench_case", [
             pytest.param(None, id="no-config", marks=pytest.mark.skip(reason=NO_CONFIG))])
         return
+    timeouts = metafunc.config.stash.get(CASE_TIMEOUTS_KEY, {})
     metafunc.parametrize("fmbench_case", [
-        pytest.param(case, id=case.id,
-                     marks=[pytest.mark.fmbench, *(getattr(pytest.mark, m) for m in case.markers)])
+        pytest.param(case, id=case.id, marks=[
+            pytest.mark.fmbench, *(getattr(pytest.mark, m) for m in case.markers),
+            *_timeout_mark(timeouts, case)])
         for case in cases
     ])
+
+
+def _timeout_mark(timeouts: dict[str, float | None], case: Case) -> list[pytest.MarkDecorator]:
+    """pytest-timeout reads its marker before ``--timeout`` and the ini; 0 means no timeout."""
+    if case.experiment not in timeouts:
+        return []
+    return [pytest.mark.timeout(timeouts[case.experiment] or 0)]
 
 
 def _case_of(item: pytest.Item | None) -> Case | None:

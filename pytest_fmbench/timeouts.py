@@ -1,0 +1,114 @@
+"""How long one benchmark case may take, so a suite-wide test timeout never cuts it short.
+
+pytest-timeout applies its ``timeout`` (ini, ``--timeout``, ``PYTEST_TIMEOUT``) to every test
+item, setup and teardown included. A benchmark case's setup may deploy a SageMaker endpoint
+(5-15 minutes) and its call may run a load of ``duration_s: 3600``, so a timeout sized for a
+unit-test suite kills real runs. Each case therefore carries its own timeout, derived here from
+the config as an upper bound of what the case can legitimately take:
+
+    deploy (first case of an experiment) + warm-up + the load's bound + teardown, plus a margin
+
+``None`` means no bound can be derived (or the user asked for none): the case then runs without
+a timeout. pytest-free; the plugin turns the value into a ``timeout`` marker.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pytest_fmbench.config.model import Config, Experiment, LoadSettings, RetrySettings
+
+# Building payload files (tokenizing a dataset) and starting load processes happen inside the
+# first case of an experiment; neither has a timeout of its own.
+SETUP_MARGIN_S = 300.0
+# Proportional headroom on top of the computed bound (slow machines, GC, scheduling).
+MARGIN_FACTOR = 1.25
+# Tearing down: a process group gets its stop timeout; a SageMaker delete may retry and wait.
+SAGEMAKER_TEARDOWN_S = 900.0
+LOCAL_TEARDOWN_S = 60.0
+# AWS backends retry throttled requests by default (see endpoints/aws.py).
+DEFAULT_RETRIES = {"bedrock": 3, "sagemaker": 0}
+
+
+def parse_case_timeout(text: str | None) -> float | None | str:
+    """``auto`` (or unset) → ``"auto"``; ``none``/``0`` → ``None``; a number of seconds → it."""
+    value = (text or "auto").strip().lower()
+    if value == "auto":
+        return "auto"
+    if value in ("none", "off", "0"):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"expected seconds, 'auto' or 'none', got '{text}'") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"expected a positive number of seconds, got '{text}'")
+    return seconds or None
+
+
+def case_timeout_s(config: Config, experiment: Experiment) -> float | None:
+    """An upper bound, in seconds, of one case of ``experiment`` (deploy and teardown included)."""
+    load = config.load_for(experiment)
+    request = request_bound_s(load, _retry(experiment), experiment.resolved_backend or "")
+    warmup = (load.warmup_requests or 0) * request
+    body = (deploy_bound_s(experiment) + warmup + load_bound_s(load, experiment, request)
+            + teardown_bound_s(experiment))
+    return math.ceil(body * MARGIN_FACTOR + SETUP_MARGIN_S)
+
+
+def request_bound_s(load: LoadSettings, retry: RetrySettings | None, backend: str = "") -> float:
+    """One request, with every retry it may make and their back-off."""
+    timeout = load.request_timeout_s or 120.0
+    if retry is None:
+        return timeout
+    retries = retry.max_retries if retry.max_retries is not None else DEFAULT_RETRIES.get(backend, 3)
+    return timeout * (1 + retries) + retries * retry.max_backoff_s
+
+
+def load_bound_s(load: LoadSettings, experiment: Experiment, request_s: float) -> float:
+    """The longest the load of any case of the experiment can run."""
+    concurrency = min(experiment.concurrency_levels)  # fewest in flight: the most rounds
+    max_iters = load.max_iters_per_combination or 105
+    if load.pattern == "waves":
+        return max_iters * request_s  # each wave ends when its slowest request does
+    warmup = load.warmup_s or 0.0
+    bounds: list[float] = []
+    if load.duration_s is not None:
+        # Sending stops at the duration; requests in flight then drain.
+        bounds.append(warmup + load.duration_s + request_s)
+    requests = load.requests if load.requests is not None else (
+        None if load.duration_s is not None else max_iters * concurrency)
+    if requests is not None:
+        rounds = math.ceil(requests / concurrency) * request_s
+        schedule = requests / load.rate if load.pattern == "rate" and load.rate else 0.0
+        bounds.append(warmup + schedule + rounds)
+    return min(bounds)
+
+
+def deploy_bound_s(experiment: Experiment) -> float:
+    backend = experiment.resolved_backend
+    if backend == "sagemaker" and experiment.deploy:
+        settings = experiment.sagemaker
+        return settings.deploy_timeout_s if settings is not None else 3600.0
+    if backend == "local":
+        return experiment.local.startup_timeout_s if experiment.local is not None else 300.0
+    if backend == "openai" and experiment.openai is not None and experiment.openai.deploy:
+        return experiment.openai.deploy.startup_timeout_s
+    return 0.0
+
+
+def teardown_bound_s(experiment: Experiment) -> float:
+    backend = experiment.resolved_backend
+    if backend == "sagemaker" and experiment.deploy:
+        return SAGEMAKER_TEARDOWN_S
+    if backend == "openai" and experiment.openai is not None and experiment.openai.deploy:
+        return experiment.openai.deploy.stop_timeout_s + LOCAL_TEARDOWN_S
+    return LOCAL_TEARDOWN_S
+
+
+def _retry(experiment: Experiment) -> RetrySettings | None:
+    if experiment.resolved_backend == "sagemaker":
+        return experiment.sagemaker.retry if experiment.sagemaker else RetrySettings(max_retries=0)
+    if experiment.resolved_backend == "bedrock":
+        return experiment.bedrock.retry if experiment.bedrock else RetrySettings(max_retries=3)
+    return None
