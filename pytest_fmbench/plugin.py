@@ -29,7 +29,14 @@ from pytest_fmbench.report.session import (
     finish,
     prepare,
 )
-from pytest_fmbench.run import BenchmarkRun, CaseResult, cleanup_orphans, new_run_id
+from pytest_fmbench.run import (
+    BenchmarkRun,
+    CaseResult,
+    SpendLimitReached,
+    cleanup_orphans,
+    new_run_id,
+)
+from pytest_fmbench.safety.spend import estimate, estimate_lines, offline_prices
 from pytest_fmbench.timeouts import case_timeout_s, parse_case_timeout
 
 RUN_KEY = pytest.StashKey[BenchmarkRun]()
@@ -80,6 +87,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "request and load bounds), 'none', or seconds. A suite-wide --timeout or "
                     "ini timeout never applies to cases. Env: FMBENCH_CASE_TIMEOUT; ini: "
                     "fmbench_case_timeout.")
+    group.addoption("--fmbench-max-cost", dest="fmbench_max_cost", metavar="USD", default=None,
+                    help="stop starting deploys and cases, and tear down, once the money spent "
+                    "plus what the next one commits would exceed USD. Env: FMBENCH_MAX_COST.")
     parser.addini("fmbench_config", "benchmark config file (FMBench-compatible YAML)")
     parser.addini("fmbench_case_timeout", "timeout of each benchmark case: auto, none or seconds")
     parser.addini("fmbench_gate", "budget gate mode: best or every")
@@ -154,11 +164,28 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[CASES_KEY] = cases
     config.stash[CASE_TIMEOUTS_KEY] = _case_timeouts(config, bench_config)
     config.stash[REPORT_SETTINGS_KEY] = report_settings
+    limit = _max_cost(config)
+    if limit is not None:
+        run.limit_spend(limit, offline_prices(bench_config))
     if not hasattr(config, "workerinput"):
         config.pluginmanager.register(Controller(config, cases), CONTROLLER)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(run), "fmbench-xdist")
     _install_sigterm(config)
+
+
+def _max_cost(config: pytest.Config) -> float | None:
+    raw = config.getoption("fmbench_max_cost") or os.environ.get("FMBENCH_MAX_COST")
+    if not raw:
+        return None
+    try:
+        limit = float(raw)
+    except ValueError:
+        limit = -1.0
+    if not limit > 0 or limit == float("inf"):
+        raise pytest.UsageError(f"--fmbench-max-cost: expected a positive amount of USD, got "
+                                f"'{raw}'\n  fix: e.g. --fmbench-max-cost=50")
+    return limit
 
 
 def _case_timeouts(config: pytest.Config, bench_config: Config) -> dict[str, float | None]:
@@ -315,7 +342,7 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         return
     following = _case_of(nextitem)
     if following is None or following.experiment != case.experiment:
-        run.endpoints.teardown(case.experiment)
+        run.release(case.experiment)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -338,7 +365,8 @@ def _finish_report(session: pytest.Session, run: BenchmarkRun) -> None:
         return
     controller = session.config.pluginmanager.get_plugin(CONTROLLER)
     missing = controller.missing if controller is not None else []
-    outcome = finish(run.results_dir, run.config, settings, missing_cases=missing)
+    outcome = finish(run.results_dir, run.config, settings, missing_cases=missing,
+                     stopped=run.spend.stop_reasons())
     session.config.stash[SESSION_REPORT_KEY] = outcome
     write_step_summary(outcome)
     if not outcome.passed and session.exitstatus == pytest.ExitCode.OK:
@@ -347,7 +375,7 @@ def _finish_report(session: pytest.Session, run: BenchmarkRun) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     outcome = config.stash.get(SESSION_REPORT_KEY, None)
-    if outcome is None or not outcome.ran and not outcome.error:
+    if outcome is None or not outcome.ran and not outcome.error and outcome.passed:
         return
     try:
         terminalreporter.write_sep("=", "pytest-fmbench", red=not outcome.passed, green=outcome.passed)
@@ -393,11 +421,30 @@ class Controller:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.expected = [item.nodeid for item in session.items if _case_of(item) is not None]
+        if self.expected:
+            self._print_estimate()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         if not self.expected:
             self.expected = [nodeid for nodeid in ids if self._is_case(nodeid)]
+            self._print_estimate()
+
+    def _print_estimate(self) -> None:
+        """Before the first deploy (also under --collect-only): what the selection may cost."""
+        run = self.config.stash.get(RUN_KEY, None)
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if run is None or reporter is None:
+            return
+        selected = {nodeid.rsplit("[", 1)[-1].rstrip("]") for nodeid in self.expected}
+        cases = [case for case in self.config.stash[CASES_KEY] if case.id in selected]
+        estimates = estimate(run.config, cases, offline_prices(run.config))
+        if run.guard is None and all(e.price is None for e in estimates):
+            return  # nothing priced (local or bring-your-own endpoints): nothing to say
+        lines = estimate_lines(estimates, run.guard.limit if run.guard else None)
+        reporter.ensure_newline()
+        for line in lines:
+            reporter.write_line(line)
 
     @property
     def missing(self) -> list[str]:
@@ -406,7 +453,7 @@ class Controller:
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when != "call":
+        if report.when != "call" or report.skipped:  # a skipped case measured nothing
             return
         self.completed.add(report.nodeid)
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -440,7 +487,9 @@ def fmbench_endpoint(fmbench_case: Case, request: pytest.FixtureRequest) -> Endp
     """The deployed endpoint of this case's experiment (deployed once, before its first case)."""
     run = _run(request)
     try:
-        return run.endpoints.acquire(fmbench_case.experiment)
+        return run.endpoint_for(fmbench_case)
+    except SpendLimitReached as exc:
+        pytest.skip(str(exc))
     except DeployFailed as exc:
         failure = str(exc)
     except ConfigError as exc:
@@ -459,6 +508,8 @@ def fmbench_load(fmbench_case: Case, fmbench_endpoint: Endpoint,
     def load() -> CaseResult:
         try:
             result = run.run_case(fmbench_case, fmbench_endpoint)
+        except SpendLimitReached as exc:
+            pytest.skip(str(exc))
         except ConfigError as exc:
             _usage_exit(exc)
             raise

@@ -29,6 +29,11 @@ from pytest_fmbench.load.columnar import ColumnarRecordWriter
 from pytest_fmbench.load.engine import RecordContext, plan_load, run_in_loop, run_load
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.load.summary import case_summary
+from pytest_fmbench.safety.spend import SpendGuard, SpendLedger
+
+
+class SpendLimitReached(Exception):
+    """The next deploy or case would cross ``--fmbench-max-cost``; nothing more starts."""
 
 
 def new_run_id() -> str:
@@ -75,6 +80,8 @@ class BenchmarkRun:
         self._payload_paths: dict[str, Path] | None = None
         self._requests: dict[tuple[str, str], list[InferenceRequest]] = {}
         self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.spend = SpendLedger(results_dir, worker)
+        self.guard: SpendGuard | None = None
 
     # -- files -------------------------------------------------------------------------
     @property
@@ -186,10 +193,61 @@ class BenchmarkRun:
                 await client.aclose()
 
         results = run_async(warm)
+        if self.guard is not None:
+            self.guard.observe(name, [(r.last_byte_ns - r.sent_ns) / 1e9 for r in results if not r.error])
         failed = [r for r in results if r.error]
         seconds = ", ".join(f"{(r.last_byte_ns - r.sent_ns) / 1e9:.2f} s" for r in results)
         self.log(f"[fmbench] warm-up of '{name}': {count} request(s) ({seconds})"
                  + (f", {len(failed)} failed: {failed[0].error} {failed[0].error_detail}" if failed else ""))
+
+    def limit_spend(self, limit: float, prices: dict[str, Any]) -> None:
+        """``--fmbench-max-cost``: check every deploy and case against the run's spend."""
+        self.guard = SpendGuard(limit, self.config, prices, self.spend)
+
+    def endpoint_for(self, case: Case) -> Endpoint:
+        """The case's endpoint, deployed on first use, within the spend limit if one is set."""
+        deploying = case.experiment not in self.endpoints.live
+        if self.guard is not None and deploying:
+            experiment = self.config.experiment(case.experiment)
+            commitment = self.guard.deploy_commitment(experiment)
+            reason = self.guard.check(f"deploying '{case.experiment}'", commitment)
+            if reason:
+                self.endpoints.teardown_all()
+                raise SpendLimitReached(reason)
+        endpoint = self.endpoints.acquire(case.experiment)
+        if deploying and self.guard is not None:
+            price = self.guard.prices.get(case.experiment)
+            if price is not None and price.kind == "instance":
+                self.spend.endpoint_up(case.experiment, price.price_per_hour)
+        return endpoint
+
+    def release(self, experiment: str) -> None:
+        """Tear down the experiment's endpoint after its last case (and stop its spend)."""
+        live = experiment in self.endpoints.live
+        self.endpoints.teardown(experiment)
+        if live and self.guard is not None:
+            self.spend.endpoint_down(experiment)
+
+    def _check_case_spend(self, case: Case, requests: int) -> None:
+        if self.guard is None:
+            return
+        reason = self.guard.check(f"case {case.id}", self.guard.case_commitment(case, requests))
+        if reason:
+            self.endpoints.teardown_all()
+            raise SpendLimitReached(reason)
+
+    def _account(self, case: Case, records: list[RequestRecord]) -> None:
+        if self.guard is None:
+            return
+        ok = [r for r in records if r.ok]
+        self.guard.observe(case.experiment, [(r.last_byte_ns - r.sent_ns) / 1e9 for r in ok],
+                           [r.prompt_tokens for r in ok if r.prompt_tokens is not None])
+        price = self.guard.prices.get(case.experiment)
+        if price is not None and price.kind == "token":
+            assert price.input_per_1k is not None and price.output_per_1k is not None
+            cost = sum((r.prompt_tokens or 0) * price.input_per_1k
+                       + (r.completion_tokens or 0) * price.output_per_1k for r in records) / 1000
+            self.spend.tokens(case.experiment, cost)
 
     # -- cases -------------------------------------------------------------------------
     def run_case(self, case: Case, endpoint: Endpoint) -> CaseResult:
@@ -198,6 +256,7 @@ class BenchmarkRun:
         requests = self.requests_for(experiment, case.payload_file)
         # Every pattern (waves, concurrency, rate) runs through the load engine (load/).
         plan = plan_load(settings, case.concurrency, len(requests))
+        self._check_case_spend(case, plan.requests or plan.waves * plan.concurrency)
         context = RecordContext(self.run_id, case.experiment, case.payload_file,
                                 case.concurrency, case.id, self.worker)
         records: list[RequestRecord] = []
@@ -210,11 +269,13 @@ class BenchmarkRun:
             run_load(plan, endpoint.client, requests, context, emit, log=self.log)
         finally:
             self.records.checkpoint()
+            self._account(case, records)
         return CaseResult(case, records, case_summary(records))
 
     def close(self) -> None:
         try:
-            self.endpoints.teardown_all()
+            for experiment in self.endpoints.live:
+                self.release(experiment)
         finally:
             self.records.close()
 

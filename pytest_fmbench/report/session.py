@@ -93,14 +93,15 @@ class SessionReport:
 
 def finish(results_dir: Path, config: Config, settings: ReportSettings,
            meta: Mapping[str, Any] | None = None, *,
-           missing_cases: Sequence[str] = ()) -> SessionReport:
+           missing_cases: Sequence[str] = (), stopped: Sequence[str] = ()) -> SessionReport:
     """Build the report and judge the budgets; never raises (records are never touched).
 
     ``missing_cases``: selected cases that never completed (a crashed worker, a failed
-    deploy); they are named in the report and fail the gate.
+    deploy, the spend limit); they are named in the report and fail the gate. ``stopped``:
+    why the run stopped starting cases (``--fmbench-max-cost``).
     """
     outcome = _finish(results_dir, config, settings, meta)
-    extra: list[str] = []
+    extra: list[str] = [f"STOPPED: {reason}" for reason in dict.fromkeys(stopped)]
     if missing_cases:
         outcome.passed = False
         extra += [f"missing cases ({len(missing_cases)}): not measured to the end",
