@@ -72,7 +72,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fmbench-compare-fail", dest="fmbench_compare_fail", action="append",
                     default=[], metavar="METRIC:+N%", help="fail on a regression against "
                     "--fmbench-compare, e.g. latency_p95:+10%,tpm:-10% (repeatable).")
+    group.addoption("--fmbench-read-dir", dest="fmbench_read_dir", metavar="DIR", default=None,
+                    help="FMBench's local read layout (source_data/, prompt_template/, "
+                    "<tokenizer_prefix>/, configs/) to read s3_read_data from instead of the "
+                    "read bucket. Env: FMBENCH_READ_DIR; ini: fmbench_read_dir.")
     parser.addini("fmbench_config", "benchmark config file (FMBench-compatible YAML)")
+    parser.addini("fmbench_read_dir", "FMBench read dir (its local layout)")
     parser.addini("fmbench_gate", "budget gate mode: best or every")
     parser.addini("fmbench_results_dir", "directory for records and the report")
 
@@ -138,9 +143,10 @@ def pytest_configure(config: pytest.Config) -> None:
         _prepare_comparison(config, report_settings, bench_config.general.name,
                             results_dir if results else None)
     payload_dir = Path(workerinput.get("fmbench_payload_dir") or payload_dir)
+    read_dir = _setting(config, "fmbench_read_dir", "FMBENCH_READ_DIR")
     run = BenchmarkRun(bench_config, run_id=run_id, results_dir=results_dir,
                        payload_dir=payload_dir, worker=workerinput.get("workerid", ""),
-                       log=_logger(config))
+                       log=_logger(config), read_dir=(base / read_dir).resolve() if read_dir else None)
     config.stash[RUN_KEY] = run
     config.stash[CASES_KEY] = cases
     config.stash[REPORT_SETTINGS_KEY] = report_settings

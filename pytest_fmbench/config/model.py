@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pytest_fmbench.config.read_data import S3ReadData
+
 BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock")
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.\-]+")
@@ -405,7 +407,7 @@ class Report(Section):
 
 
 class Config(Section):
-    fmbench_ignored = frozenset({"dir_paths", "s3_read_data", "run_steps", "model_evaluations"})
+    fmbench_ignored = frozenset({"dir_paths", "run_steps", "model_evaluations"})
 
     general: General = Field(default_factory=General)
     aws: Aws = Field(default_factory=Aws)
@@ -415,6 +417,8 @@ class Config(Section):
     inference_parameters: dict[str, dict[str, Any]] = Field(default_factory=dict)
     experiments: list[Experiment] = Field(min_length=1)
     report: Report = Field(default_factory=Report)
+    # FMBench's read bucket / local read dir (data/fmbench_read.py resolves it).
+    s3_read_data: S3ReadData | None = None
     # Ours.
     load: LoadSettings = Field(default_factory=LoadSettings)
     markers: list[str] = Field(default_factory=list)

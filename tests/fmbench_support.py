@@ -1,0 +1,75 @@
+"""FMBench's own files for tests: its wheel's configs (downloaded at test time, cached), and
+read dirs / read buckets in FMBench's layout filled with small generated LongBench-style data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_fmbench.data.synthetic import synthetic_longbench
+
+FMBENCH_VERSION = "2.1.6"
+# A stable cache outside the test's tmp dirs: the wheel is ~10 MB and the same every run.
+WHEEL_CACHE = Path(os.environ.get("FMBENCH_WHEEL_CACHE",
+                                  Path.home() / ".cache" / "pytest-fmbench" / "wheels"))
+
+# Our own text: a plain question-answering template with FMBench's two keys.
+TEMPLATE = "Context:\n{context}\n\nQuestion: {input}\nAnswer briefly:"
+
+
+def fmbench_wheel(version: str = FMBENCH_VERSION) -> Path:
+    """FMBench's wheel from PyPI (cached); skips the test only when PyPI is unreachable."""
+    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+    found = sorted(WHEEL_CACHE.glob(f"fmbench-{version}-*.whl"))
+    if found:
+        return found[0]
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               f"fmbench=={version}", "--python-version", "3.12", "-d", str(WHEEL_CACHE),
+               "--quiet", "--disable-pip-version-check"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    found = sorted(WHEEL_CACHE.glob(f"fmbench-{version}-*.whl"))
+    if done.returncode != 0 or not found:
+        pytest.skip(f"cannot download fmbench=={version} from PyPI: "
+                    f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    return found[0]
+
+
+def fmbench_config_text(relative: str, version: str = FMBENCH_VERSION) -> str:
+    """One config file of FMBench's wheel, e.g. ``bedrock/config-bedrock.yml``, verbatim."""
+    with zipfile.ZipFile(fmbench_wheel(version)) as wheel:
+        return wheel.read(f"fmbench/configs/{relative}").decode("utf-8")
+
+
+def read_layout_files(section: dict[str, Any], *, records: int = 24,
+                      template: str = TEMPLATE) -> dict[str, bytes]:
+    """Object keys → contents of a read bucket / read dir for a config's ``s3_read_data``."""
+    files: dict[str, bytes] = {}
+    prefix = section.get("source_data_prefix") or "source_data"
+    for index, name in enumerate(section.get("source_data_files") or []):
+        rows = synthetic_longbench(records, seed=index)
+        files[f"{prefix}/{name}"] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    if section.get("prompt_template_file"):
+        directory = section.get("prompt_template_dir") or "prompt_template"
+        files[f"{directory}/{section['prompt_template_file']}"] = template.encode()
+    return files
+
+
+def write_read_dir(root: Path, files: dict[str, bytes]) -> Path:
+    for key, body in files.items():
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+    return root
+
+
+def fill_bucket(s3: Any, bucket: str, files: dict[str, bytes]) -> None:
+    s3.create_bucket(Bucket=bucket)
+    for key, body in files.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
