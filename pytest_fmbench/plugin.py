@@ -35,6 +35,7 @@ RUN_KEY = pytest.StashKey[BenchmarkRun]()
 CASES_KEY = pytest.StashKey[list[Case]]()
 SIGTERM_KEY = pytest.StashKey[Any]()
 REPORT_SETTINGS_KEY = pytest.StashKey[ReportSettings]()
+UPLOAD_KEY = pytest.StashKey[bool]()
 SESSION_REPORT_KEY = pytest.StashKey[SessionReport]()
 
 NO_CONFIG = (
@@ -76,7 +77,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="FMBench's local read layout (source_data/, prompt_template/, "
                     "<tokenizer_prefix>/, configs/) to read s3_read_data from instead of the "
                     "read bucket. Env: FMBENCH_READ_DIR; ini: fmbench_read_dir.")
+    group.addoption("--fmbench-upload", dest="fmbench_upload", action="store_true", default=False,
+                    help="after the report, upload the results dir to the write bucket "
+                    "(aws.bucket) in FMBench's layout. Env: FMBENCH_UPLOAD=1; ini: fmbench_upload.")
     parser.addini("fmbench_config", "benchmark config file (FMBench-compatible YAML)")
+    parser.addini("fmbench_upload", "upload results to the write bucket (FMBench's layout)",
+                  type="bool", default=False)
     parser.addini("fmbench_read_dir", "FMBench read dir (its local layout)")
     parser.addini("fmbench_gate", "budget gate mode: best or every")
     parser.addini("fmbench_results_dir", "directory for records and the report")
@@ -91,6 +97,14 @@ def _setting(config: pytest.Config, name: str, env: str) -> str | None:
         return os.environ[env]
     ini = config.getini(name)
     return str(ini) if ini else None
+
+
+def _upload_wanted(config: pytest.Config) -> bool:
+    if config.getoption("fmbench_upload"):
+        return True
+    if os.environ.get("FMBENCH_UPLOAD"):
+        return os.environ["FMBENCH_UPLOAD"].strip().lower() in ("1", "true", "yes", "on")
+    return bool(config.getini("fmbench_upload"))
 
 
 def _placeholder_values(pairs: list[str]) -> dict[str, str]:
@@ -121,6 +135,11 @@ def pytest_configure(config: pytest.Config) -> None:
         preflight(bench_config)
         report_settings = prepare(bench_config, config.getoption("fmbench_budget"),
                                   _setting(config, "fmbench_gate", "FMBENCH_GATE"))
+        config.stash[UPLOAD_KEY] = _upload_wanted(config)
+        if config.stash[UPLOAD_KEY]:
+            from pytest_fmbench.report.fmbench_upload import check_upload
+
+            check_upload(bench_config)
     except ConfigError as exc:
         raise pytest.UsageError(exc.render()) from None
     except ValueError as exc:
@@ -312,9 +331,26 @@ def _finish_report(session: pytest.Session, run: BenchmarkRun) -> None:
     missing = controller.missing if controller is not None else []
     outcome = finish(run.results_dir, run.config, settings, missing_cases=missing)
     session.config.stash[SESSION_REPORT_KEY] = outcome
+    if session.config.stash.get(UPLOAD_KEY, False):
+        _upload(run, outcome)
     write_step_summary(outcome)
     if not outcome.passed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _upload(run: BenchmarkRun, outcome: SessionReport) -> None:
+    """--fmbench-upload: the results dir to the write bucket; a failure fails the run."""
+    from pytest_fmbench.endpoints import aws
+    from pytest_fmbench.report.fmbench_upload import upload_results
+
+    try:
+        boto = aws.session(run.config)
+        done = upload_results(run.results_dir, run.config, client=boto.client)
+    except FmbenchError as exc:
+        outcome.passed = False
+        outcome.lines.append(f"upload FAILED: {exc.render()}")
+        return
+    outcome.lines.append(f"uploaded {len(done.files)} result file(s) to {done.uri}")
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -73,3 +73,17 @@ def fill_bucket(s3: Any, bucket: str, files: dict[str, bytes]) -> None:
     s3.create_bucket(Bucket=bucket)
     for key, body in files.items():
         s3.put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def empty_s3(client: Any) -> None:
+    """Remove every bucket moto holds (tests share one moto server per module)."""
+    for bucket in client.list_buckets().get("Buckets", []):
+        for item in client.list_objects_v2(Bucket=bucket["Name"]).get("Contents", []):
+            client.delete_object(Bucket=bucket["Name"], Key=item["Key"])
+        client.delete_bucket(Bucket=bucket["Name"])
+
+
+def s3_environment(moto_url: str) -> dict[str, str]:
+    return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": moto_url,
+            "AWS_ENDPOINT_URL_STS": moto_url}

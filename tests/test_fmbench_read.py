@@ -23,7 +23,13 @@ from pytest_fmbench.data.fmbench_read import (
 )
 from pytest_fmbench.errors import ConfigError
 from pytest_fmbench.testing.aws_emulator import moto_server
-from tests.fmbench_support import fill_bucket, read_layout_files, write_read_dir
+from tests.fmbench_support import (
+    empty_s3,
+    fill_bucket,
+    read_layout_files,
+    s3_environment,
+    write_read_dir,
+)
 
 SECTION: dict[str, Any] = {
     "read_bucket": "sagemaker-fmbench-read-us-east-1-123456789012",
@@ -123,14 +129,10 @@ def moto_url() -> Iterator[str]:
 
 @pytest.fixture
 def s3(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": moto_url}.items():
+    for key, value in s3_environment(moto_url).items():
         monkeypatch.setenv(key, value)
     client = boto3.client("s3")
-    for bucket in client.list_buckets().get("Buckets", []):
-        for item in client.list_objects_v2(Bucket=bucket["Name"]).get("Contents", []):
-            client.delete_object(Bucket=bucket["Name"], Key=item["Key"])
-        client.delete_bucket(Bucket=bucket["Name"])
+    empty_s3(client)
     return client
 
 
