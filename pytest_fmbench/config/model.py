@@ -301,8 +301,8 @@ class BedrockSettings(Section):
 class Experiment(Section):
     fmbench_ignored = frozenset(
         {
-            "model_s3_path", "bucket", "hf_tokenizer_model_id",
-            "serving.properties", "model_copies", "sagemaker_role",
+            "model_s3_path", "hf_tokenizer_model_id",
+            "model_copies", "sagemaker_role",
             "deploy_docker", "download_model", "tokenizer_dir", "model_loading_timeout",
             "ecr_repo", "region", "agent", "additional_instance_types", "instance_name",
             "additional_metadata",
@@ -327,6 +327,9 @@ class Experiment(Section):
     payload_files: list[str] = Field(min_length=1)
     concurrency_levels: list[int] = Field(min_length=1)
     env: dict[str, Any] | None = None
+    # FMBench deploy-script keys (endpoints/fmbench_scripts.py): DJL's properties, write bucket.
+    serving_properties: str | None = Field(default=None, alias="serving.properties")
+    bucket: str | None = None
     # Ours.
     price_per_hour: float | None = Field(default=None, ge=0)
     # Ours: budgets on any metric by name (METRICS.md), overriding the config-wide ones.
