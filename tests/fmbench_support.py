@@ -87,3 +87,62 @@ def s3_environment(moto_url: str) -> dict[str, str]:
     return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": moto_url,
             "AWS_ENDPOINT_URL_STS": moto_url}
+
+
+class RestServer:
+    """A loopback HTTP server answering like the servers FMBench's REST predictors call:
+    ``POST`` → ``{"completions": [{"text"}], "usage"}``; ``GET`` → plain text echoing the
+    prompt first (as Ray Serve demos do). ``status`` forces an error reply; every request is
+    kept in ``requests`` as (method, path, headers, body)."""
+
+    def __init__(self, answer: str = "a short answer of six words") -> None:
+        import http.server
+        import threading
+
+        self.answer = answer
+        self.status = 200
+        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self, body: bytes, kind: str) -> None:
+                self.send_response(owner.status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner.requests.append(("POST", self.path, dict(self.headers), body))
+                prompt = json.loads(body).get("prompt", "")
+                reply = {"completions": [{"text": owner.answer}],
+                         "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 6}}
+                self._reply(json.dumps(reply).encode(), "application/json")
+
+            def do_GET(self) -> None:  # noqa: N802
+                owner.requests.append(("GET", self.path, dict(self.headers), b""))
+                from urllib.parse import parse_qs, unquote, urlparse
+
+                parsed = urlparse(self.path)
+                prompt = (parse_qs(parsed.query).get("sentence") or [unquote(parsed.path.rsplit("/", 1)[-1])])[-1]
+                self._reply(json.dumps([prompt + " " + owner.answer]).encode(), "application/json")
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> RestServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -13,9 +13,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pytest_fmbench.config.predictors import predictor_backend
 from pytest_fmbench.config.read_data import S3ReadData
 
-BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock")
+BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock", "rest")
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.\-]+")
 
@@ -370,6 +371,8 @@ class Experiment(Section):
         """The backend named, or the one FMBench's scripts and endpoint name imply."""
         if self.backend:
             return self.backend
+        if predictor_backend(self.inference_script):  # FMBench's own predictors (predictors.py)
+            return predictor_backend(self.inference_script)
         script = (self.inference_script or "").lower()
         if "bedrock" in script:
             return "bedrock"
