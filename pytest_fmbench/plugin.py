@@ -14,6 +14,7 @@ import pytest
 from pytest_fmbench.cases import Case, all_markers, expand_cases
 from pytest_fmbench.config.loader import load_config
 from pytest_fmbench.config.model import BUILTIN_BACKENDS
+from pytest_fmbench.data.fmbench_read import use_read_dir_pricing
 from pytest_fmbench.endpoints.base import Endpoint
 from pytest_fmbench.endpoints.lifecycle import DeployFailed
 from pytest_fmbench.endpoints.registry import backend_names, preflight
@@ -99,6 +100,11 @@ def _setting(config: pytest.Config, name: str, env: str) -> str | None:
     return str(ini) if ini else None
 
 
+def _read_dir(config: pytest.Config) -> Path | None:
+    raw = _setting(config, "fmbench_read_dir", "FMBENCH_READ_DIR")
+    return (config.invocation_params.dir / raw).resolve() if raw else None
+
+
 def _upload_wanted(config: pytest.Config) -> bool:
     if config.getoption("fmbench_upload"):
         return True
@@ -132,6 +138,8 @@ def pytest_configure(config: pytest.Config) -> None:
         bench_config = load_config(path, _placeholder_values(config.getoption("fmbench_set")),
                                    known_backends=backend_names())
         cases = expand_cases(bench_config)
+        read_dir = _read_dir(config)
+        use_read_dir_pricing(bench_config, read_dir)
         preflight(bench_config)
         report_settings = prepare(bench_config, config.getoption("fmbench_budget"),
                                   _setting(config, "fmbench_gate", "FMBENCH_GATE"))
@@ -162,10 +170,9 @@ def pytest_configure(config: pytest.Config) -> None:
         _prepare_comparison(config, report_settings, bench_config.general.name,
                             results_dir if results else None)
     payload_dir = Path(workerinput.get("fmbench_payload_dir") or payload_dir)
-    read_dir = _setting(config, "fmbench_read_dir", "FMBENCH_READ_DIR")
     run = BenchmarkRun(bench_config, run_id=run_id, results_dir=results_dir,
                        payload_dir=payload_dir, worker=workerinput.get("workerid", ""),
-                       log=_logger(config), read_dir=(base / read_dir).resolve() if read_dir else None)
+                       log=_logger(config), read_dir=read_dir)
     config.stash[RUN_KEY] = run
     config.stash[CASES_KEY] = cases
     config.stash[REPORT_SETTINGS_KEY] = report_settings
@@ -448,6 +455,7 @@ def fmbench_endpoint(fmbench_case: Case, request: pytest.FixtureRequest) -> Endp
     """The deployed endpoint of this case's experiment (deployed once, before its first case)."""
     run = _run(request)
     try:
+        run.payload_paths()  # inputs first: missing data must not cost a deployment
         return run.endpoints.acquire(fmbench_case.experiment)
     except DeployFailed as exc:
         failure = str(exc)

@@ -47,16 +47,26 @@ def fmbench_config_text(relative: str, version: str = FMBENCH_VERSION) -> str:
         return wheel.read(f"fmbench/configs/{relative}").decode("utf-8")
 
 
-def read_layout_files(section: dict[str, Any], *, records: int = 24,
-                      template: str = TEMPLATE) -> dict[str, bytes]:
-    """Object keys → contents of a read bucket / read dir for a config's ``s3_read_data``."""
+def read_layout_files(section: dict[str, Any], *, records: int = 24, template: str = TEMPLATE,
+                      keys: list[str] | tuple[str, ...] = ("input", "context")) -> dict[str, bytes]:
+    """Object keys → contents of a read bucket / read dir for a config's ``s3_read_data``:
+    generated LongBench-style records (with every prompt-template key) and a template.
+
+    Hugging Face sources are stored the way FMBench's data step stores them,
+    ``<source_data_prefix>/hf:<id>.jsonl``."""
     files: dict[str, bytes] = {}
     prefix = section.get("source_data_prefix") or "source_data"
     for index, name in enumerate(section.get("source_data_files") or []):
-        rows = synthetic_longbench(records, seed=index)
-        files[f"{prefix}/{name}"] = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        # Keys LongBench lacks (OpenOrca's system_prompt) get long text too, so every
+        # token-length filter of the config finds prompts.
+        rows = [{key: f"You are a helpful assistant. {row['context']}" for key in keys} | row
+                for row in synthetic_longbench(records, seed=index)]
+        key = f"{prefix}/{name}" + (".jsonl" if name.startswith("hf:") else "")
+        files[key] = "".join(json.dumps(r) + "\n" for r in rows).encode()
     if section.get("prompt_template_file"):
         directory = section.get("prompt_template_dir") or "prompt_template"
+        if tuple(keys) != ("input", "context"):
+            template = "\n\n".join(f"{key}: {{{key}}}" for key in keys) + "\nAnswer briefly:"
         files[f"{directory}/{section['prompt_template_file']}"] = template.encode()
     return files
 

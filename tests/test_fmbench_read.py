@@ -19,6 +19,7 @@ from pytest_fmbench.data.fmbench_read import (
     load_hf_dataset,
     read_source,
     resolve_inputs,
+    use_read_dir_pricing,
     uses_read_data,
 )
 from pytest_fmbench.errors import ConfigError
@@ -217,3 +218,14 @@ def test_hf_without_the_datasets_library_says_how_to_get_it(monkeypatch: pytest.
     with pytest.raises(ConfigError) as error:
         load_hf_dataset("hf:org/data", 10)
     assert "pip install datasets" in error.value.render()
+
+
+def test_a_custom_pricing_file_is_taken_from_the_read_dir_configs(tmp_path: Path) -> None:
+    root = write_read_dir(tmp_path / "read", {"configs/custom_pricing.yml": b"pricing: {}\n"})
+    cfg = config()
+    cfg.pricing = "custom_pricing.yml"
+    assert use_read_dir_pricing(cfg, root) == root / "configs/custom_pricing.yml"
+    assert cfg.pricing == str((root / "configs/custom_pricing.yml").resolve())
+    cfg.pricing = "absent.yml"
+    assert use_read_dir_pricing(cfg, root) is None and cfg.pricing == "absent.yml"
+    assert use_read_dir_pricing(cfg, None) is None

@@ -327,3 +327,27 @@ def _hf_file(config: Config, name: str, cache_dir: Path, loader: HfLoader) -> Pa
     target.write_text("".join(json.dumps(row, default=str) + "\n" for row in rows),
                       encoding="utf-8")
     return target
+
+
+# -- pricing ----------------------------------------------------------------------------------
+
+def use_read_dir_pricing(config: Config, read_dir: Path | None) -> Path | None:
+    """Point ``pricing: <file>`` at the read dir's ``configs/<file>`` when it is there.
+
+    FMBench downloads its pricing file from the read bucket's configs prefix; at startup only
+    the local read dir is looked at (no network before the run). A file next to the config
+    wins, as before. Returns the file used, or None.
+    """
+    pricing = config.pricing
+    local = read_dir or configured_read_dir(config.s3_read_data)
+    if not isinstance(pricing, str) or local is None or "://" in pricing:
+        return None
+    folder = config.source_path.parent if config.source_path else Path.cwd()
+    if (folder / pricing).is_file():
+        return None
+    section = config.s3_read_data or S3ReadData()
+    candidate = local / section.configs_prefix / pricing
+    if not candidate.is_file():
+        return None
+    config.pricing = str(candidate.resolve())
+    return candidate
