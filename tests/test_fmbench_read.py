@@ -229,3 +229,23 @@ def test_a_custom_pricing_file_is_taken_from_the_read_dir_configs(tmp_path: Path
     cfg.pricing = "absent.yml"
     assert use_read_dir_pricing(cfg, root) is None and cfg.pricing == "absent.yml"
     assert use_read_dir_pricing(cfg, None) is None
+
+
+def test_a_run_takes_data_template_and_tokenizer_from_the_read_dir(tmp_path: Path) -> None:
+    from pytest_fmbench.run import BenchmarkRun
+
+    files = with_tokenizer(read_layout_files(SECTION, records=5, template="Q: {input}\nC: {context}"))
+    root = write_read_dir(tmp_path / "read", files)
+    logs: list[str] = []
+    run = BenchmarkRun(config(), run_id="r", results_dir=tmp_path / "out", read_dir=root,
+                       log=logs.append)
+    try:
+        assert run._tokenizer_spec() == str(root / "llama3_tokenizer")
+        assert run._template() == "Q: {input}\nC: {context}"
+        assert len(run._dataset_records()) == 10  # two files of five
+        assert any("from the FMBench read dir" in line for line in logs)
+        # Our own keys win over FMBench's section.
+        run.config.datasets.tokenizer = "mine"
+        assert run._tokenizer_spec() == "mine"
+    finally:
+        run.close()
