@@ -58,7 +58,6 @@ def test_script_names_as_fmbench_configs_write_them() -> None:
     ("ec2_deploy.py", {}, "deployment_script", "does not run"),
     ("my_own_deploy.py", {}, "deployment_script", "deploy: no"),
     ("neuron_deploy.py", {}, "deployment_script", "sagemaker.model_data"),
-    ("sagemaker_deploy.py", {}, "model_data", "S3 URI"),
     ("deploy_w_djl_serving.py", {}, "serving.properties", "option.model_id"),
     ("deploy_w_hf_tgi.py", {"model_id": None}, "model_id", "Hugging Face model id"),
 ])
@@ -107,8 +106,8 @@ def test_sagemaker_deploy_and_compiled_neuron_artifacts_use_model_data() -> None
         "ModelDataDownloadTimeoutInSeconds": 1200, "ContainerStartupHealthCheckTimeoutInSeconds": 1200}
 
 
-def test_jumpstart_and_no_script_are_left_to_the_backend() -> None:
-    for script in ("jumpstart.py", ""):
+def test_jumpstart_no_script_and_sagemaker_deploy_without_model_data_use_the_backend() -> None:
+    for script in ("jumpstart.py", "", "sagemaker_deploy.py"):
         cfg = config_for(experiment(script))
         assert prepare(cfg, cfg.experiments[0], {}, s3=no_s3, log=print) is None
 

@@ -12,7 +12,8 @@ endpoint config and endpoint itself (named, tagged, waited for and deleted in
   ``model.tar.gz``, uploaded to the write bucket (the experiment's ``bucket``, else
   aws.bucket) under ``<model_id>/``, and given as ModelDataUrl with the experiment's env.
 - ``sagemaker_deploy.py``: the experiment's ``model_data`` (an S3 URI or a ModelDataSource
-  mapping) with its image and env; FMBench's 1200 s download and start-up timeouts.
+  mapping) with its image and env; FMBench's 1200 s download and start-up timeouts. Without
+  model_data, the image with env (HF_MODEL_ID = model_id), as without a script.
 - ``neuron_deploy.py``: FMBench compiles the model with the Neuron SDK on its own machine
   first; that is not done here. With ``sagemaker.model_data`` (the compiled artifacts) it
   deploys like ``deploy_w_djl_serving.py``; without, startup says so.
@@ -96,10 +97,6 @@ def check(config: Config, experiment: Experiment) -> None:
                           fix="set model_id to the Hugging Face model id TGI loads")
     if name == DJL:
         _check_djl(config, experiment)
-    if name == SAGEMAKER and not _model_data(experiment):
-        raise ConfigError(f"{where} uses {SAGEMAKER} but has no model_data",
-                          key=f"{where}.model_data",
-                          fix="set model_data to the S3 URI (or S3DataSource) of the model")
     if name == NEURON and not _model_data(experiment):
         raise ConfigError(
             f"{where} uses {NEURON}, which compiles the model with the Neuron SDK on the "
@@ -143,7 +140,9 @@ def prepare(config: Config, experiment: Experiment, env: dict[str, str], *,
     if name == TGI:
         return _tgi(experiment, env)
     if name == SAGEMAKER:
-        return _sagemaker_deploy(experiment, env)
+        # Without model_data (FMBench would fail) the container loads env HF_MODEL_ID, as
+        # with no script at all: the backend's own container.
+        return _sagemaker_deploy(experiment, env) if _model_data(experiment) else None
     if name == NEURON:
         return ContainerPlan(_with_model_data(experiment, env, _model_data(experiment)))
     return _djl(config, experiment, env, s3=s3, log=log)
