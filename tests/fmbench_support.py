@@ -9,7 +9,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -33,7 +33,7 @@ def fmbench_wheel(version: str = FMBENCH_VERSION) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                f"fmbench=={version}", "--python-version", "3.12", "-d", str(WHEEL_CACHE),
                "--quiet", "--disable-pip-version-check"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     found = sorted(WHEEL_CACHE.glob(f"fmbench-{version}-*.whl"))
     if done.returncode != 0 or not found:
         pytest.skip(f"cannot download fmbench=={version} from PyPI: "
@@ -125,7 +125,7 @@ class RestServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 owner.requests.append(("POST", self.path, dict(self.headers), body))
                 prompt = json.loads(body).get("prompt", "")
@@ -133,7 +133,7 @@ class RestServer:
                          "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 6}}
                 self._reply(json.dumps(reply).encode(), "application/json")
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 owner.requests.append(("GET", self.path, dict(self.headers), b""))
                 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -149,10 +149,10 @@ class RestServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def __enter__(self) -> RestServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()

@@ -22,7 +22,7 @@ from pytest_fmbench.report.fmbench_upload import (
 from pytest_fmbench.testing.aws_emulator import moto_server
 from tests.fmbench_support import empty_s3, s3_environment
 
-WHEN = dt.datetime(2025, 1, 31, 14, 5, tzinfo=dt.timezone.utc)
+WHEN = dt.datetime(2025, 1, 31, 14, 5, tzinfo=dt.UTC)
 
 
 def config(bucket: str | None = "sagemaker-fmbench-write-us-east-1-123456789012",

@@ -16,7 +16,6 @@ sized to the highest concurrency, like the AWS backends.
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -122,7 +121,7 @@ class RestEndpoint:
             result.status = exc.code
             kind = "throttled" if exc.code == 429 else f"http_{exc.code // 100}xx"
             return _error(result, kind if exc.code >= 400 else "client", f"HTTP {exc.code}: {exc.reason}")
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:
             return _error(result, "timeout", f"{type(exc).__name__}: {exc}")
         except (urllib.error.URLError, OSError) as exc:
             return _error(result, "connection", f"{type(exc).__name__}: {exc}")
@@ -149,7 +148,7 @@ class RestEndpoint:
         except json.JSONDecodeError as exc:
             raise ValueError(f"the server's reply is not JSON: {exc.msg}: {data[:200]!r}") from None
         if not isinstance(reply, dict):
-            raise ValueError(f"expected a JSON object with 'completions', got {data[:200]!r}")
+            raise ValueError(f"expected a JSON object with 'completions', got {data[:200]!r}")  # noqa: TRY004 - a bad reply, not a bad argument
         completions = reply.get("completions") or [{}]
         text = str((completions[0] or {}).get("text", "")) if isinstance(completions, list) else ""
         usage: dict[str, Any] = reply["usage"] if isinstance(reply.get("usage"), dict) else {}

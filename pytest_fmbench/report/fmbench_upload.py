@@ -81,7 +81,7 @@ def upload_results(results_dir: Path, config: Config, *, client: Callable[[str],
     boto3 clients (``s3``, and ``sts`` when the config names no execution role)."""
     check_upload(config)
     bucket = str(config.aws.bucket)
-    moment = when or dt.datetime.now(dt.timezone.utc)
+    moment = when or dt.datetime.now(dt.UTC)
     try:
         role = role_name(config.aws.sagemaker_execution_role
                          or client("sts").get_caller_identity()["Arn"])
