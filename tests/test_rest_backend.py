@@ -111,3 +111,13 @@ def test_placeholder_url_is_refused_at_startup() -> None:
     with pytest.raises(ConfigError) as error:
         preflight(cfg)
     assert "experiments (byo).ep_name" in error.value.render()
+
+
+def test_an_fmbench_eks_deployment_is_refused_at_startup_with_the_way_out() -> None:
+    cfg = config("eks_predictor.py", "")
+    cfg.experiments[0].deploy = True
+    cfg.experiments[0].deployment_script = "eks_deploy.py"
+    with pytest.raises(ConfigError) as error:
+        preflight(cfg)
+    text = error.value.render()
+    assert "experiments (byo).deploy" in text and "eks_deploy.py" in text and "deploy: no" in text

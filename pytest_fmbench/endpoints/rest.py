@@ -57,6 +57,15 @@ class RestEndpoint:
 
     @classmethod
     def preflight(cls, config: Config, experiment: Experiment) -> None:
+        if experiment.deploy and experiment.backend is None:
+            # FMBench configs with eks_deploy.py ask FMBench to deploy onto an EKS cluster.
+            script = experiment.deployment_script or "its deployment script"
+            raise ConfigError(
+                f"experiments ({experiment.name}) asks FMBench to deploy the server "
+                f"({script}, deploy: yes); pytest-fmbench does not deploy REST servers",
+                key=f"experiments ({experiment.name}).deploy",
+                fix="deploy it yourself (for EKS: FMBench's eks_manifests with kubectl), then "
+                "set 'deploy: no' and ep_name to its URL")
         url = experiment.ep_name or ""
         parsed = urllib.parse.urlparse(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc or "<" in url:
