@@ -99,8 +99,11 @@ def fmbench_file(pytester: pytest.Pytester, relative: str, *,
     text = fmbench_config_text(relative)
     if ep_name is not None:
         theirs, ours = ep_name
-        assert text.count(theirs) == 1, f"{relative}: {theirs!r} is not one ep_name"
-        text = text.replace(theirs, ours)
+        lines = text.splitlines(keepends=True)
+        hits = [i for i, line in enumerate(lines) if "ep_name:" in line and theirs in line]
+        assert len(hits) == 1, f"{relative}: {theirs!r} is not one ep_name"
+        lines[hits[0]] = lines[hits[0]].replace(theirs, ours)
+        text = "".join(lines)
     path = pytester.path / "cfg.yml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -282,6 +285,22 @@ def test_fmbench_custom_rest_config_runs_against_a_loopback_server(aws: Aws) -> 
     # pricing: custom_pricing.yml was read from the read dir's configs/, as FMBench does.
     prices = json.loads((aws.pytester.path / "out" / "results.json").read_text())["prices"]
     assert prices["custom-model-byoe"]["hourly"] == 1.5
+
+
+# -- EKS bring-your-own URL (rest_predictor.py; Ray Serve behind a load balancer) ------------------
+
+EKS_REST_FILE = "llama2/13b/config-byo-rest-ep-llama2-13b.yml"
+
+
+def test_fmbench_eks_ray_serve_config_runs_against_a_loopback_server(aws: Aws) -> None:
+    with RestServer() as server:
+        path = fmbench_file(aws.pytester, EKS_REST_FILE, ep_name=(
+            "http://<NLB_DNS_NAME>/serve/infer?sentence=", f"{server.url}/serve/infer?sentence="))
+        result = run(aws.pytester, with_read_dir(aws.pytester, path), "-k", "1-924-c2")
+        result.assert_outcomes(passed=1)
+        method, route, _, _ = server.requests[-1]
+    assert_all_ok(records(aws.pytester), "Llama-2-13b-chat-EKS-ray-serve")
+    assert method == "GET" and route.startswith("/serve/infer?sentence=")
 
 
 # -- EC2 bring-your-own URL (ec2_predictor.py; an Ollama server's URL) ------------------------------
