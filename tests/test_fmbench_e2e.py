@@ -244,7 +244,6 @@ def test_fmbench_config_reads_the_read_bucket_and_uploads_results(aws: Aws) -> N
     result.stdout.fnmatch_lines([f"*from the FMBench s3://{READ_BUCKET}*",
                                  f"*uploaded * result file(s) to s3://{WRITE_BUCKET}/*"])
     keys = [o["Key"] for o in aws.s3.list_objects_v2(Bucket=WRITE_BUCKET)["Contents"]]
-    general = "llama3-1-8b-bedrock-streaming"  # noqa: F841 - FMBench's general.name, below
     role = ROLE.rsplit("/", 1)[-1]
     reports = [k for k in keys if k.endswith("/report.md")]
     assert len(reports) == 1 and f"-{role}/data/metrics/yyyy=" in reports[0]
