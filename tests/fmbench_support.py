@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Self
@@ -30,15 +32,22 @@ def fmbench_wheel(version: str = FMBENCH_VERSION) -> Path:
     found = sorted(WHEEL_CACHE.glob(f"fmbench-{version}-*.whl"))
     if found:
         return found[0]
+    # Into a private folder first: parallel workers must never read a half-written wheel.
+    staging = Path(tempfile.mkdtemp(dir=WHEEL_CACHE, prefix=".download-"))
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               f"fmbench=={version}", "--python-version", "3.12", "-d", str(WHEEL_CACHE),
+               f"fmbench=={version}", "--python-version", "3.12", "-d", str(staging),
                "--quiet", "--disable-pip-version-check"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
-    found = sorted(WHEEL_CACHE.glob(f"fmbench-{version}-*.whl"))
-    if done.returncode != 0 or not found:
-        pytest.skip(f"cannot download fmbench=={version} from PyPI: "
-                    f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
-    return found[0]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        downloaded = sorted(staging.glob(f"fmbench-{version}-*.whl"))
+        if done.returncode != 0 or not downloaded:
+            pytest.skip(f"cannot download fmbench=={version} from PyPI: "
+                        f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+        target = WHEEL_CACHE / downloaded[0].name
+        os.replace(downloaded[0], target)
+        return target
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def fmbench_config_text(relative: str, version: str = FMBENCH_VERSION) -> str:
