@@ -61,8 +61,8 @@ def read_layout_files(section: dict[str, Any], *, records: int = 24, template: s
     """Object keys → contents of a read bucket / read dir for a config's ``s3_read_data``:
     generated LongBench-style records (with every prompt-template key) and a template.
 
-    Hugging Face sources are stored the way FMBench's data step stores them,
-    ``<source_data_prefix>/hf:<id>.jsonl``."""
+    Hugging Face sources are stored the way FMBench's data step stores them in the bucket,
+    ``<source_data_prefix>/hf:<id>.jsonl`` (``write_read_dir`` drops the ``hf:``)."""
     files: dict[str, bytes] = {}
     prefix = section.get("source_data_prefix") or "source_data"
     for index, name in enumerate(section.get("source_data_files") or []):
@@ -81,8 +81,9 @@ def read_layout_files(section: dict[str, Any], *, records: int = 24, template: s
 
 
 def write_read_dir(root: Path, files: dict[str, bytes]) -> Path:
+    """The files in FMBench's local read layout (which drops the "hf:" of stored datasets)."""
     for key, body in files.items():
-        path = root / key
+        path = root / key.replace("/hf:", "/")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(body)
     return root

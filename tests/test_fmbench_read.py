@@ -210,7 +210,7 @@ def test_hf_sources_load_through_the_loader_or_a_stored_copy(tmp_path: Path) -> 
                             hf_loader=loader)
     assert asked == [("hf:org/data/sub/test", 100)]
     assert inputs.source_files[0].read_text().startswith('{"input": "q"')
-    assert inputs.source_files[1] == root / "source_data/hf:org/stored.jsonl"
+    assert inputs.source_files[1] == root / "source_data/org/stored.jsonl"  # FMBench's local layout
 
 
 def test_hf_without_the_datasets_library_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -244,9 +244,13 @@ def _source_file(config: Config, section: S3ReadData, source: ReadSource, name: 
                  cache_dir: Path, hf_loader: HfLoader) -> Path:
     key = f"{section.source_data_prefix}/{name}"
     if name.startswith(HF_PREFIX):
-        # FMBench's data step stores a Hugging Face dataset as "<id>.jsonl" next to the others.
-        stored = source.file(key + ".jsonl")
-        return stored or _hf_file(config, name, cache_dir, hf_loader)
+        # FMBench's data step stores a Hugging Face dataset next to the others: as
+        # "hf:<id>.jsonl" in the bucket, as "<id>.jsonl" in its local read dir.
+        for stored_name in (name, name[len(HF_PREFIX):]):
+            stored = source.file(f"{section.source_data_prefix}/{stored_name}.jsonl")
+            if stored is not None:
+                return stored
+        return _hf_file(config, name, cache_dir, hf_loader)
     found = source.file(key)
     if found is None:
         raise _missing(config, source, key, f"{SECTION}.source_data_files",
