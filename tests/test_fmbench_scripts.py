@@ -170,3 +170,16 @@ def test_a_failed_upload_creates_nothing(aws: tuple[Any, Any]) -> None:
     with pytest.raises(Exception, match="uploading serving.properties to s3://"):
         ep.deploy()
     assert moto_inventory(sm) == {"endpoints": [], "configs": [], "models": []}
+
+
+def test_an_uncompressed_model_data_prefix_carries_the_eula_choice() -> None:
+    from pytest_fmbench.endpoints.fmbench_scripts import _with_model_data
+
+    cfg = config_for(experiment("sagemaker_deploy.py", accept_eula=True))
+    source = {"S3DataSource": {"S3Uri": "s3://jumpstart-private-cache-prod-us-east-1/x/",
+                               "S3DataType": "S3Prefix", "CompressionType": "None"}}
+    container = _with_model_data(cfg.experiments[0], {"A": "1"}, source)
+    assert container["ModelDataSource"] == {"S3DataSource": {
+        "S3Uri": "s3://jumpstart-private-cache-prod-us-east-1/x/", "S3DataType": "S3Prefix",
+        "CompressionType": "None", "ModelAccessConfig": {"AcceptEula": True}}}
+    assert "ModelDataUrl" not in container
