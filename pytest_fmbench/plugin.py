@@ -14,6 +14,7 @@ import pytest
 from pytest_fmbench.cases import Case, all_markers, expand_cases
 from pytest_fmbench.config.loader import load_config
 from pytest_fmbench.config.model import BUILTIN_BACKENDS, Config
+from pytest_fmbench.data.fmbench_read import use_read_dir_pricing
 from pytest_fmbench.endpoints.base import Endpoint
 from pytest_fmbench.endpoints.lifecycle import DeployFailed
 from pytest_fmbench.endpoints.registry import backend_names, preflight
@@ -43,6 +44,7 @@ RUN_KEY = pytest.StashKey[BenchmarkRun]()
 CASES_KEY = pytest.StashKey[list[Case]]()
 SIGTERM_KEY = pytest.StashKey[Any]()
 REPORT_SETTINGS_KEY = pytest.StashKey[ReportSettings]()
+UPLOAD_KEY = pytest.StashKey[bool]()
 SESSION_REPORT_KEY = pytest.StashKey[SessionReport]()
 CASE_TIMEOUTS_KEY = pytest.StashKey[dict[str, float | None]]()
 
@@ -90,8 +92,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fmbench-max-cost", dest="fmbench_max_cost", metavar="USD", default=None,
                     help="stop starting deploys and cases, and tear down, once the money spent "
                     "plus what the next one commits would exceed USD. Env: FMBENCH_MAX_COST.")
-    parser.addini("fmbench_config", "benchmark config file (FMBench-compatible YAML)")
     parser.addini("fmbench_case_timeout", "timeout of each benchmark case: auto, none or seconds")
+    group.addoption("--fmbench-read-dir", dest="fmbench_read_dir", metavar="DIR", default=None,
+                    help="FMBench's local read layout (source_data/, prompt_template/, "
+                    "<tokenizer_prefix>/, configs/) to read s3_read_data from instead of the "
+                    "read bucket. Env: FMBENCH_READ_DIR; ini: fmbench_read_dir.")
+    group.addoption("--fmbench-upload", dest="fmbench_upload", action="store_true", default=False,
+                    help="after the report, upload the results dir to the write bucket "
+                    "(aws.bucket) in FMBench's layout. Env: FMBENCH_UPLOAD=1; ini: fmbench_upload.")
+    parser.addini("fmbench_config", "benchmark config file (FMBench-compatible YAML)")
+    parser.addini("fmbench_upload", "upload results to the write bucket (FMBench's layout)",
+                  type="bool", default=False)
+    parser.addini("fmbench_read_dir", "FMBench read dir (its local layout)")
     parser.addini("fmbench_gate", "budget gate mode: best or every")
     parser.addini("fmbench_results_dir", "directory for records and the report")
 
@@ -105,6 +117,19 @@ def _setting(config: pytest.Config, name: str, env: str) -> str | None:
         return os.environ[env]
     ini = config.getini(name)
     return str(ini) if ini else None
+
+
+def _read_dir(config: pytest.Config) -> Path | None:
+    raw = _setting(config, "fmbench_read_dir", "FMBENCH_READ_DIR")
+    return (config.invocation_params.dir / raw).resolve() if raw else None
+
+
+def _upload_wanted(config: pytest.Config) -> bool:
+    if config.getoption("fmbench_upload"):
+        return True
+    if os.environ.get("FMBENCH_UPLOAD"):
+        return os.environ["FMBENCH_UPLOAD"].strip().lower() in ("1", "true", "yes", "on")
+    return bool(config.getini("fmbench_upload"))
 
 
 def _placeholder_values(pairs: list[str]) -> dict[str, str]:
@@ -132,9 +157,16 @@ def pytest_configure(config: pytest.Config) -> None:
         bench_config = load_config(path, _placeholder_values(config.getoption("fmbench_set")),
                                    known_backends=backend_names())
         cases = expand_cases(bench_config)
+        read_dir = _read_dir(config)
+        use_read_dir_pricing(bench_config, read_dir)
         preflight(bench_config)
         report_settings = prepare(bench_config, config.getoption("fmbench_budget"),
                                   _setting(config, "fmbench_gate", "FMBENCH_GATE"))
+        config.stash[UPLOAD_KEY] = _upload_wanted(config)
+        if config.stash[UPLOAD_KEY]:
+            from pytest_fmbench.report.fmbench_upload import check_upload
+
+            check_upload(bench_config)
     except ConfigError as exc:
         raise pytest.UsageError(exc.render()) from None
     except ValueError as exc:
@@ -159,7 +191,7 @@ def pytest_configure(config: pytest.Config) -> None:
     payload_dir = Path(workerinput.get("fmbench_payload_dir") or payload_dir)
     run = BenchmarkRun(bench_config, run_id=run_id, results_dir=results_dir,
                        payload_dir=payload_dir, worker=workerinput.get("workerid", ""),
-                       log=_logger(config))
+                       log=_logger(config), read_dir=read_dir)
     config.stash[RUN_KEY] = run
     config.stash[CASES_KEY] = cases
     config.stash[CASE_TIMEOUTS_KEY] = _case_timeouts(config, bench_config)
@@ -368,9 +400,26 @@ def _finish_report(session: pytest.Session, run: BenchmarkRun) -> None:
     outcome = finish(run.results_dir, run.config, settings, missing_cases=missing,
                      stopped=run.spend.stop_reasons())
     session.config.stash[SESSION_REPORT_KEY] = outcome
+    if session.config.stash.get(UPLOAD_KEY, False):
+        _upload(run, outcome)
     write_step_summary(outcome)
     if not outcome.passed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _upload(run: BenchmarkRun, outcome: SessionReport) -> None:
+    """--fmbench-upload: the results dir to the write bucket; a failure fails the run."""
+    from pytest_fmbench.endpoints import aws
+    from pytest_fmbench.report.fmbench_upload import upload_results
+
+    try:
+        boto = aws.session(run.config)
+        done = upload_results(run.results_dir, run.config, client=boto.client)
+    except FmbenchError as exc:
+        outcome.passed = False
+        outcome.lines.append(f"upload FAILED: {exc.render()}")
+        return
+    outcome.lines.append(f"uploaded {len(done.files)} result file(s) to {done.uri}")
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -487,6 +536,7 @@ def fmbench_endpoint(fmbench_case: Case, request: pytest.FixtureRequest) -> Endp
     """The deployed endpoint of this case's experiment (deployed once, before its first case)."""
     run = _run(request)
     try:
+        run.payload_paths()  # inputs first: missing data must not cost a deployment
         return run.endpoint_for(fmbench_case)
     except SpendLimitReached as exc:
         pytest.skip(str(exc))

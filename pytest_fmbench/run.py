@@ -19,6 +19,7 @@ from pytest_fmbench import __version__
 from pytest_fmbench.cases import Case
 from pytest_fmbench.clock import now_ns as clock_now
 from pytest_fmbench.config.model import Config, Experiment
+from pytest_fmbench.data.fmbench_read import FmbenchInputs, uses_read_data
 from pytest_fmbench.data.payloads import PayloadFilter, build_payload_files, load_payloads
 from pytest_fmbench.data.tokens import TokenCounter, load_token_counter
 from pytest_fmbench.endpoints.base import Endpoint, InferenceRequest, InferenceResult
@@ -61,8 +62,11 @@ class CaseResult:
 
 class BenchmarkRun:
     def __init__(self, config: Config, *, run_id: str, results_dir: Path, worker: str = "",
-                 payload_dir: Path | None = None, log: Callable[[str], None] = print) -> None:
+                 payload_dir: Path | None = None, log: Callable[[str], None] = print,
+                 read_dir: Path | None = None) -> None:
         self.config = config
+        # FMBench's local read layout (--fmbench-read-dir); without it, the read bucket.
+        self.read_dir = read_dir
         # Payload files outlive a run so the next run with unchanged inputs reuses them.
         self.payload_dir = payload_dir or results_dir / "payloads"
         self.run_id = run_id
@@ -77,6 +81,7 @@ class BenchmarkRun:
             warmup=self._warmup, log=log,
         )
         self._counter: TokenCounter | None = None
+        self._inputs: FmbenchInputs | None = None
         self._payload_paths: dict[str, Path] | None = None
         self._requests: dict[tuple[str, str], list[InferenceRequest]] = {}
         self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -110,10 +115,30 @@ class BenchmarkRun:
             self._counter = load_token_counter(self._tokenizer_spec(), warn=self.log)
         return self._counter
 
+    def fmbench_inputs(self) -> FmbenchInputs | None:
+        """The config's ``s3_read_data`` files as local paths (read dir, else read bucket)."""
+        if self._inputs is None and uses_read_data(self.config):
+            from pytest_fmbench.data.fmbench_read import read_source, resolve_inputs
+
+            # Next to the payload files, so later runs reuse what was downloaded.
+            cache = self.payload_dir.parent / "fmbench-read"
+            source = read_source(self.config, read_dir=self.read_dir, cache_dir=cache,
+                                 s3_client=self._s3_client)
+            self._inputs = resolve_inputs(self.config, source, cache_dir=cache)
+            self.log(f"[fmbench] source data, prompt template and tokenizer from the FMBench "
+                     f"{self._inputs.origin}")
+        return self._inputs
+
+    def _s3_client(self) -> Any:
+        from pytest_fmbench.endpoints import aws
+
+        return aws.session(self.config).client("s3")
+
     def _tokenizer_spec(self) -> str | None:
         spec = self.config.datasets.tokenizer
         if spec is None:
-            return None
+            inputs = self.fmbench_inputs()
+            return str(inputs.tokenizer_dir) if inputs and inputs.tokenizer_dir else None
         if spec.startswith("local:"):
             from pytest_fmbench.endpoints.local import resolve_local_model
 
@@ -136,6 +161,11 @@ class BenchmarkRun:
 
     def _dataset_records(self) -> list[dict[str, Any]]:
         datasets = self.config.datasets
+        inputs = self.fmbench_inputs()
+        if inputs is not None:
+            from pytest_fmbench.data.longbench import load_longbench_jsonl
+
+            return [record for path in inputs.source_files for record in load_longbench_jsonl(path)]
         if not datasets.source_files:
             from pytest_fmbench.data.synthetic import synthetic_longbench
 
@@ -155,6 +185,11 @@ class BenchmarkRun:
             from pytest_fmbench.data.template import load_template
 
             return load_template(self.config_dir / datasets.prompt_template_file)
+        inputs = self.fmbench_inputs()
+        if inputs is not None and inputs.prompt_template is not None:
+            from pytest_fmbench.data.template import load_template
+
+            return load_template(inputs.prompt_template)
         from pytest_fmbench.data.template import DEFAULT_PROMPT_TEMPLATE
 
         return DEFAULT_PROMPT_TEMPLATE

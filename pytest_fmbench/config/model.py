@@ -13,7 +13,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock")
+from pytest_fmbench.config.predictors import predictor_backend
+from pytest_fmbench.config.read_data import S3ReadData
+
+BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock", "rest")
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.\-]+")
 
@@ -299,8 +302,8 @@ class BedrockSettings(Section):
 class Experiment(Section):
     fmbench_ignored = frozenset(
         {
-            "model_s3_path", "bucket", "hf_tokenizer_model_id",
-            "serving.properties", "model_copies", "sagemaker_role",
+            "model_s3_path", "hf_tokenizer_model_id",
+            "model_copies", "sagemaker_role",
             "deploy_docker", "download_model", "tokenizer_dir", "model_loading_timeout",
             "ecr_repo", "region", "agent", "additional_instance_types", "instance_name",
             "additional_metadata",
@@ -325,6 +328,9 @@ class Experiment(Section):
     payload_files: list[str] = Field(min_length=1)
     concurrency_levels: list[int] = Field(min_length=1)
     env: dict[str, Any] | None = None
+    # FMBench deploy-script keys (endpoints/fmbench_scripts.py): DJL's properties, write bucket.
+    serving_properties: str | None = Field(default=None, alias="serving.properties")
+    bucket: str | None = None
     # Ours.
     price_per_hour: float | None = Field(default=None, ge=0)
     # Ours: budgets on any metric by name (METRICS.md), overriding the config-wide ones.
@@ -365,6 +371,8 @@ class Experiment(Section):
         """The backend named, or the one FMBench's scripts and endpoint name imply."""
         if self.backend:
             return self.backend
+        if predictor_backend(self.inference_script):  # FMBench's own predictors (predictors.py)
+            return predictor_backend(self.inference_script)
         script = (self.inference_script or "").lower()
         if "bedrock" in script:
             return "bedrock"
@@ -405,7 +413,7 @@ class Report(Section):
 
 
 class Config(Section):
-    fmbench_ignored = frozenset({"dir_paths", "s3_read_data", "run_steps", "model_evaluations"})
+    fmbench_ignored = frozenset({"dir_paths", "run_steps", "model_evaluations"})
 
     general: General = Field(default_factory=General)
     aws: Aws = Field(default_factory=Aws)
@@ -415,6 +423,8 @@ class Config(Section):
     inference_parameters: dict[str, dict[str, Any]] = Field(default_factory=dict)
     experiments: list[Experiment] = Field(min_length=1)
     report: Report = Field(default_factory=Report)
+    # FMBench's read bucket / local read dir (data/fmbench_read.py resolves it).
+    s3_read_data: S3ReadData | None = None
     # Ours.
     load: LoadSettings = Field(default_factory=LoadSettings)
     markers: list[str] = Field(default_factory=list)

@@ -19,6 +19,7 @@ _BUILTIN = {
     "openai": "pytest_fmbench.endpoints.openai:OpenAIEndpoint",
     "sagemaker": "pytest_fmbench.endpoints.sagemaker:SageMakerEndpoint",
     "bedrock": "pytest_fmbench.endpoints.bedrock:BedrockEndpoint",
+    "rest": "pytest_fmbench.endpoints.rest:RestEndpoint",
 }
 
 

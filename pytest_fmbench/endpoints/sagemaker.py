@@ -30,7 +30,7 @@ from typing import Any
 
 from pytest_fmbench.clock import now_ns
 from pytest_fmbench.config.model import Config, Experiment, SageMakerSettings
-from pytest_fmbench.endpoints import aws
+from pytest_fmbench.endpoints import aws, fmbench_scripts
 from pytest_fmbench.endpoints.base import EndpointClient, InferenceRequest, InferenceResult
 from pytest_fmbench.endpoints.registry import EndpointContext
 from pytest_fmbench.endpoints.sagemaker_formats import (
@@ -104,6 +104,8 @@ class SageMakerEndpoint:
         self.instance_type = experiment.instance_type
         self.instance_count = experiment.instance_count or 1
         self._created: list[tuple[str, str]] = []
+        # Production-variant settings an FMBench deployment script implies (timeouts).
+        self._script_variant: dict[str, Any] = {}
         self._pending: list[tuple[str, str]] = []
         self._session: Any = None
         self._control: Any = None
@@ -136,6 +138,8 @@ class SageMakerEndpoint:
                 raise ConfigError(f"{where} deploys but has no instance_type",
                                   key=f"{where}.instance_type",
                                   fix="set instance_type, e.g. ml.g5.2xlarge")
+            # FMBench's deployment_script: one we map, with the keys it needs.
+            fmbench_scripts.check(config, experiment)
             if is_jumpstart(experiment):
                 if not experiment.model_id:
                     raise ConfigError(f"{where} uses jumpstart.py but has no model_id",
@@ -207,6 +211,11 @@ class SageMakerEndpoint:
         env = {str(k): _env_value(v) for k, v in (experiment.env or {}).items() if v is not None}
         if is_jumpstart(experiment):
             return self._jumpstart_container(env)
+        plan = fmbench_scripts.prepare(self.config, experiment, env, log=self._log,
+                                       s3=lambda: self._boto_session().client("s3"))
+        if plan is not None:
+            self._script_variant = plan.variant
+            return plan.container
         container: dict[str, Any] = {"Image": experiment.image_uri, "Environment": env}
         if self.settings.model_data:
             container["ModelDataUrl"] = self.settings.model_data
@@ -285,6 +294,7 @@ class SageMakerEndpoint:
             "InitialInstanceCount": self.instance_count,
             "InstanceType": self.instance_type,
             "InitialVariantWeight": 1.0,
+            **self._script_variant,
         }
         if self.settings.model_data_download_timeout_s:
             variant["ModelDataDownloadTimeoutInSeconds"] = self.settings.model_data_download_timeout_s
