@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_fmbench.cases import expand_cases
 from pytest_fmbench.config import Config, Experiment, load_config
 from pytest_fmbench.config.model import LoadSettings
 from pytest_fmbench.config.placeholders import find_placeholders, load_filled
@@ -570,12 +571,19 @@ def test_yaml_that_is_not_a_mapping(tmp_path: Path) -> None:
         load_text(tmp_path, "- a\n- b\n")
 
 
-def test_payload_file_not_produced_by_any_filter(tmp_path: Path) -> None:
-    text, _, path = config_error(
+def test_payload_file_not_produced_by_any_filter_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    # FMBench logs an error and skips the combination; so do we, and the count stays right.
+    config = load_text(
         tmp_path, BASE.replace("[p_short.jsonl, p_long.jsonl]", "[p_short.jsonl, p_lung.jsonl]"))
-    assert_names_file_key_fix(text, path, "experiments[0] (exp-a).payload_files")
-    assert "'p_lung.jsonl' is not produced by any datasets.filters entry" in text
-    assert "did you mean 'p_long.jsonl'?" in text
+    assert config.unproduced_payload_files("exp-a") == ["p_lung.jsonl"]
+    [warning] = config.warnings
+    assert "experiments[0] (exp-a).payload_files" in warning
+    assert "'p_lung.jsonl'" in warning and "did you mean 'p_long.jsonl'?" in warning
+    cases = expand_cases(config)
+    assert len(cases) == 2 * 2  # payload files × concurrency levels, as FMBench counts
+    skipped = [c for c in cases if c.skip_reason]
+    assert [c.id for c in skipped] == ["exp-a-p_lung-c1", "exp-a-p_lung-c2"]
+    assert "not produced by any datasets.filters entry" in (skipped[0].skip_reason or "")
 
 
 def test_unknown_parameter_set(tmp_path: Path) -> None:
@@ -586,15 +594,21 @@ def test_unknown_parameter_set(tmp_path: Path) -> None:
     assert "did you mean 'small'?" in text
 
 
-def test_duplicate_experiment_names(tmp_path: Path) -> None:
+def test_duplicate_experiment_names_get_a_suffix_and_a_warning(tmp_path: Path) -> None:
+    # FMBench runs both; case ids and results need unique names.
     twice = BASE + (
         "  - name: exp-a\n    backend: local\n    payload_files: [p_short.jsonl]\n"
         "    concurrency_levels: [1]\n"
+        "  - name: exp-a\n    backend: local\n    payload_files: [p_short.jsonl]\n"
+        "    concurrency_levels: [1]\n"
     )
-    text, _error, path = config_error(tmp_path, twice)
-    assert "'exp-a' is used twice" in text
-    assert_names_file_key_fix(text, path, "experiments[1] (exp-a).name")
-    assert "unique" in text.split("fix: ")[1]
+    config = load_text(tmp_path, twice)
+    assert [e.name for e in config.experiments] == ["exp-a", "exp-a-2", "exp-a-3"]
+    assert len(config.warnings) == 2
+    assert "experiments[1] (exp-a).name" in config.warnings[0]
+    assert "runs as 'exp-a-2'" in config.warnings[0]
+    ids = [c.id for c in expand_cases(config)]
+    assert len(ids) == len(set(ids)) == 4 + 1 + 1
 
 
 @pytest.mark.parametrize(("levels", "message"), [
