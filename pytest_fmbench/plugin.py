@@ -16,7 +16,7 @@ from pytest_fmbench.config.loader import load_config
 from pytest_fmbench.config.model import BUILTIN_BACKENDS
 from pytest_fmbench.endpoints.base import Endpoint
 from pytest_fmbench.endpoints.lifecycle import DeployFailed
-from pytest_fmbench.endpoints.registry import backend_names, preflight
+from pytest_fmbench.endpoints.registry import backend_names
 from pytest_fmbench.errors import ConfigError, FmbenchError
 from pytest_fmbench.load.summary import format_summary
 from pytest_fmbench.report.ci import junit_properties, write_step_summary
@@ -30,6 +30,7 @@ from pytest_fmbench.report.session import (
     prepare,
 )
 from pytest_fmbench.run import BenchmarkRun, CaseResult, cleanup_orphans, new_run_id
+from pytest_fmbench.selection import check_selected, price_selected, selected_experiments
 
 RUN_KEY = pytest.StashKey[BenchmarkRun]()
 CASES_KEY = pytest.StashKey[list[Case]]()
@@ -113,13 +114,15 @@ def pytest_configure(config: pytest.Config) -> None:
         bench_config = load_config(path, _placeholder_values(config.getoption("fmbench_set")),
                                    known_backends=backend_names())
         cases = expand_cases(bench_config)
-        preflight(bench_config)
+        # Budgets only: preflight and prices wait for the selection (selection.py).
         report_settings = prepare(bench_config, config.getoption("fmbench_budget"),
-                                  _setting(config, "fmbench_gate", "FMBENCH_GATE"))
+                                  _setting(config, "fmbench_gate", "FMBENCH_GATE"), experiments=[])
     except ConfigError as exc:
         raise pytest.UsageError(exc.render()) from None
     except ValueError as exc:
         raise pytest.UsageError(f"{path}: {exc}") from None
+    for warning in bench_config.warnings:
+        config.issue_config_time_warning(pytest.PytestConfigWarning(f"{path}: {warning}"), stacklevel=2)
     for marker in all_markers(bench_config):
         config.addinivalue_line("markers", f"{marker}: pytest-fmbench experiment marker")
 
@@ -252,7 +255,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     metafunc.parametrize("fmbench_case", [
         pytest.param(case, id=case.id,
-                     marks=[pytest.mark.fmbench, *(getattr(pytest.mark, m) for m in case.markers)])
+                     marks=[pytest.mark.fmbench, *(getattr(pytest.mark, m) for m in case.markers),
+                            *([pytest.mark.skip(reason=case.skip_reason)] if case.skip_reason else [])])
         for case in cases
     ])
 
@@ -270,6 +274,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     ordered = sorted((items[i] for i in positions), key=lambda it: _case_of(it).experiment_index)  # type: ignore[union-attr]
     for position, item in zip(positions, ordered):
         items[position] = item
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """xdist workers price their selected experiments (the controller checked them)."""
+    if not hasattr(session.config, "workerinput") or session.config.option.collectonly:
+        return
+    run = session.config.stash.get(RUN_KEY, None)
+    settings = session.config.stash.get(REPORT_SETTINGS_KEY, None)
+    if run is not None and settings is not None:
+        names = [case.experiment for item in session.items if (case := _case_of(item))]
+        price_selected(run.config, settings, selected_experiments(run.config, names))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -359,11 +374,27 @@ class Controller:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.expected = [item.nodeid for item in session.items if _case_of(item) is not None]
+        self._check_selected([case.experiment for item in session.items
+                              if (case := _case_of(item)) is not None])
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         if not self.expected:
+            from pytest_fmbench.xdist import experiment_of
+
             self.expected = [nodeid for nodeid in ids if self._is_case(nodeid)]
+            self._check_selected([experiment_of(nodeid, self.case_ids) for nodeid in ids])
+
+    def _check_selected(self, experiments: list[str | None]) -> None:
+        """Preflight and prices of the selected experiments, once, before the first deploy."""
+        run = self.config.stash.get(RUN_KEY, None)
+        settings = self.config.stash.get(REPORT_SETTINGS_KEY, None)
+        if self.config.option.collectonly or run is None or settings is None:
+            return
+        try:
+            check_selected(run.config, settings, selected_experiments(run.config, experiments))
+        except ConfigError as exc:
+            raise pytest.UsageError(exc.render()) from None
 
     @property
     def missing(self) -> list[str]:
@@ -372,6 +403,8 @@ class Controller:
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "setup" and report.skipped:
+            self.completed.add(report.nodeid)  # skipped on purpose: not a missing case
         if report.when != "call":
             return
         self.completed.add(report.nodeid)

@@ -241,15 +241,18 @@ def resolve_price(config: Config, experiment: Experiment, table: PriceTable) -> 
         key=f"{where}.instance_type", fix=ADD_PRICE_FIX.format(key=instance_type))
 
 
-def experiment_prices(config: Config, table: PriceTable | None = None) -> dict[str, Price | None]:
-    """Every experiment's price (``ConfigError`` on the first unknown one)."""
+def experiment_prices(config: Config, table: PriceTable | None = None,
+                      experiments: Sequence[Experiment] | None = None) -> dict[str, Price | None]:
+    """The price of each experiment (all by default; ``ConfigError`` on the first unknown)."""
     table = table if table is not None else load_price_table(config)
-    return {experiment.name: resolve_price(config, experiment, table) for experiment in config.experiments}
+    chosen = config.experiments if experiments is None else experiments
+    return {experiment.name: resolve_price(config, experiment, table) for experiment in chosen}
 
 
-def check_prices(config: Config) -> dict[str, Price | None]:
-    """The configure-time check: every needed price is known, before anything is deployed."""
-    return experiment_prices(config)
+def check_prices(config: Config, experiments: Sequence[Experiment] | None = None
+                 ) -> dict[str, Price | None]:
+    """Every needed price is known, before anything is deployed (the selected experiments)."""
+    return experiment_prices(config, experiments=experiments)
 
 
 # -- the AWS Pricing API (on request only) --------------------------------------------------------
