@@ -304,6 +304,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if run is None:
         return
     run.close()
+    if session.config.option.collectonly:
+        return  # nothing ran: no report, no verdict
     if not hasattr(session.config, "workerinput"):
         # Endpoints of crashed workers were never torn down by them: do it here.
         cleanup_orphans(run)
