@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from pytest_fmbench.config.fmbench_keys import fmbench_knows
+from pytest_fmbench.config.fmbench_keys import FMBENCH_KEYS, fmbench_knows
 
 BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock")
 
@@ -69,7 +69,9 @@ class Section(BaseModel):
             elif cls.fmbench_section is not None and fmbench_knows(cls.fmbench_section, str(key)):
                 unused.append(str(key))
             else:
-                raise ValueError(_unknown_key_message(str(key), sorted(known)))
+                fmbench = FMBENCH_KEYS.get(cls.fmbench_section or "", frozenset()) \
+                    if cls.fmbench_section is not None else frozenset()
+                raise ValueError(_unknown_key_message(str(key), sorted(known | fmbench)))
         section = handler(kept)
         section._unused = unused
         return section

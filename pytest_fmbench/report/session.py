@@ -106,6 +106,12 @@ def finish(results_dir: Path, config: Config, settings: ReportSettings,
     """
     outcome = _finish(results_dir, config, settings, meta)
     extra: list[str] = []
+    if outcome.ran:
+        from pytest_fmbench.report.markdown import compatibility_notes
+
+        notes = compatibility_notes(config)
+        # The report already has them in its own section: the terminal gets them here.
+        outcome.lines[-1:-1] = ["", "FMBench compatibility:", *(f"  {n}" for n in notes)] if notes else []
     if missing_cases:
         outcome.passed = False
         extra += [f"missing cases ({len(missing_cases)}): not measured to the end",
