@@ -79,7 +79,7 @@ def test_flat_inference_parameters_of_fmbench_1x(tmp_path: Path) -> None:
     config = load(tmp_path, text)
     beta = config.experiment("beta")
     assert config.parameters_for(beta) == {
-        "do_sample": True, "max_new_tokens": 7, "truncate": "at-prompt-token-length"}
+        "do_sample": True, "max_new_tokens": 7}  # the truncate policy means "whole prompt"
 
 
 def test_inference_spec_parameters_override_the_set(tmp_path: Path) -> None:
@@ -112,3 +112,141 @@ def test_summary_and_report_list_the_keys_not_acted_on(pytester: pytest.Pytester
     report = (pytester.path / "out" / "report.md").read_text(encoding="utf-8")
     assert "## FMBench compatibility" in report
     assert "  - (top level): dir_paths, run_steps" in report
+
+
+# -- inference_spec keys that change requests (SageMaker formats, REST headers) -----------------
+
+def test_split_input_and_parameters_sends_the_bare_prompt_and_invoke_arguments() -> None:
+    import json
+
+    from pytest_fmbench.endpoints.base import InferenceRequest
+    from pytest_fmbench.endpoints.sagemaker_formats import get_format, request_body
+
+    request = InferenceRequest("Paris is [MASK].", {"ContentType": "application/x-text",
+                                                    "Accept": "application/json;verbose",
+                                                    "max_new_tokens": 5})
+    body, arguments = request_body(get_format("tgi"), request, stream=False,
+                                   split_input_and_parameters=True)
+    assert json.loads(body) == "Paris is [MASK]."
+    assert arguments == {"ContentType": "application/x-text", "Accept": "application/json;verbose"}
+    body, arguments = request_body(get_format("tgi"), request, stream=False)
+    assert json.loads(body)["inputs"] == "Paris is [MASK]." and arguments == {}
+
+
+def test_stop_token_ends_the_reply_and_is_not_content() -> None:
+    from pytest_fmbench.endpoints.sagemaker_formats import get_format, with_stop_token
+
+    assert with_stop_token(get_format("lmi"), None).name == "lmi"
+    fmt = with_stop_token(get_format("lmi"), "<|eot_id|>")
+    decoder = fmt.decoder()
+    events = [b'{"token": {"text": "Hi"}}\n', b'{"token": {"text": " there"}}\n',
+              b'{"token": {"text": "<|eot_id|>"}}\n', b'{"token": {"text": " junk"}}\n']
+    pieces = [piece for event in events for piece in decoder.feed(event)]
+    assert pieces == ["Hi", " there"]  # no TTFT/ITL event for the stop token or after it
+    assert decoder.finish().text == "Hi there"
+    assert fmt.parse(b'{"generated_text": "Answer.<|eot_id|>more"}').text == "Answer."
+
+
+def test_sagemaker_endpoint_sends_fmbench_inference_spec(tmp_path: Path) -> None:
+    from pytest_fmbench.endpoints.base import InferenceRequest
+    from pytest_fmbench.endpoints.registry import EndpointContext
+    from pytest_fmbench.endpoints.sagemaker import SageMakerEndpoint
+
+    text = textwrap.dedent("""\
+        datasets:
+          filters: [{payload_file: p.jsonl}]
+        inference_parameters:
+          sagemaker: {ContentType: application/x-text}
+        experiments:
+          - name: bert
+            inference_script: sagemaker_predictor.py
+            deploy: no
+            ep_name: bert-endpoint
+            inference_spec: {parameter_set: sagemaker, split_input_and_parameters: yes,
+                             stream: no, stop_token: "</s>"}
+            payload_files: [p.jsonl]
+            concurrency_levels: [1]
+        """)
+    config = load(tmp_path, text)
+    experiment = config.experiment("bert")
+    endpoint = SageMakerEndpoint(config, experiment, EndpointContext("run", tmp_path))
+    sent: dict[str, object] = {}
+
+    class Body:
+        def read(self) -> bytes:
+            return b'{"generated_text": "ok</s>"}'
+
+    class Runtime:
+        def invoke_endpoint(self, **kwargs: object) -> dict[str, object]:
+            sent.update(kwargs)
+            return {"Body": Body(), "ResponseMetadata": {"HTTPStatusCode": 200}}
+
+    endpoint._runtime = Runtime()
+    result = endpoint._invoke(InferenceRequest("Hello", config.parameters_for(experiment)))
+    assert sent["Body"] == b'"Hello"'
+    assert sent["ContentType"] == "application/x-text"
+    assert result.error == "" and result.text == "ok"
+
+
+def test_rest_predictor_headers_reach_the_request(tmp_path: Path) -> None:
+    from pytest_fmbench.endpoints.openai import OpenAIEndpoint
+    from pytest_fmbench.endpoints.registry import EndpointContext
+
+    text = textwrap.dedent("""\
+        datasets:
+          filters: [{payload_file: p.jsonl}]
+        experiments:
+          - name: rest
+            inference_script: custom_rest_predictor.py
+            deploy: no
+            ep_name: http://127.0.0.1:9/v1/completions
+            inference_spec: {headers: {X-Team: bench, X-Both: fmbench}}
+            openai: {headers: {X-Both: ours}}
+            payload_files: [p.jsonl]
+            concurrency_levels: [1]
+        """)
+    config = load(tmp_path, text)
+    OpenAIEndpoint.preflight(config, config.experiment("rest"))
+    endpoint = OpenAIEndpoint(config, config.experiment("rest"), EndpointContext("run", tmp_path))
+    headers = dict(endpoint.client().headers)  # type: ignore[attr-defined]
+    assert headers["X-Team"] == "bench"
+    assert headers["X-Both"] == "ours"
+    bad = text.replace("X-Team: bench", "'X Team': bench")
+    with pytest.raises(ConfigError, match="inference_spec.headers"):
+        bad_config = load(tmp_path, bad)
+        OpenAIEndpoint.preflight(bad_config, bad_config.experiment("rest"))
+
+
+# -- token counting with the model's tokenizer --------------------------------------------------
+
+def test_tokenizer_model_ids_prefer_hf_tokenizer_model_id(tmp_path: Path) -> None:
+    text = textwrap.dedent("""\
+        datasets:
+          filters: [{payload_file: p.jsonl}]
+        experiments:
+          - {name: a, backend: openai, ep_name: "http://h/v1", model_id: meta-textgeneration-x,
+             hf_tokenizer_model_id: meta-llama/Meta-Llama-3-8B-Instruct,
+             payload_files: [p.jsonl], concurrency_levels: [1]}
+          - {name: b, backend: openai, ep_name: "http://h/v1", model_id: mistralai/Mistral-7B,
+             payload_files: [p.jsonl], concurrency_levels: [1]}
+          - {name: c, backend: openai, ep_name: "http://h/v1", model_id: anthropic.claude-v2,
+             payload_files: [p.jsonl], concurrency_levels: [1]}
+        """)
+    config = load(tmp_path, text)
+    assert config.tokenizer_model_ids() == ["meta-llama/Meta-Llama-3-8B-Instruct",
+                                            "mistralai/Mistral-7B"]
+    # Acted on (a field), so not listed among the keys we ignore.
+    assert config.experiment("a").hf_tokenizer_model_id == "meta-llama/Meta-Llama-3-8B-Instruct"
+    assert config.ignored_fmbench_keys() == {}
+
+
+def test_cached_tokenizer_is_found_offline_and_a_missing_one_is_none(tmp_path: Path) -> None:
+    from pytest_fmbench.data.tokens import cached_tokenizer_file
+
+    snapshot = tmp_path / "models--org--tiny" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "tokenizer.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "models--org--tiny" / "refs" / "main").write_text("abc123", encoding="utf-8")
+    assert cached_tokenizer_file("org/tiny", tmp_path) == snapshot / "tokenizer.json"
+    assert cached_tokenizer_file("org/absent", tmp_path) is None

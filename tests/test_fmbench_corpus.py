@@ -76,7 +76,7 @@ def test_a_miss_is_named_with_its_reason(corpus: ModuleType, tmp_path: Path) -> 
 def test_the_corpus_script_runs_as_a_command(corpus: ModuleType) -> None:
     process = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "fmbench_corpus.py"),
                               "--cache", str(CACHE), "--collect", "0", "--keys", "1.0.52"],
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, check=False)
     assert process.returncode == 0, process.stdout + process.stderr
     assert "fmbench 1.0.52: 75/75" in process.stdout
     assert "keys missing" not in process.stdout

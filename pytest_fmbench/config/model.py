@@ -29,6 +29,12 @@ BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock")
 # without ``inference_spec.parameter_set`` use it.
 FLAT_PARAMETER_SET = "(flat)"
 
+# FMBench 1.x's `truncate: at-prompt-token-length`: truncate the input at its own length,
+# i.e. not at all. Sent as is, servers reject it (TGI's `truncate` takes a number), and a
+# number from our token count could cut a prompt whose count differs by a special token.
+TRUNCATE_AT_PROMPT_LENGTH = "at-prompt-token-length"
+
+
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
@@ -177,13 +183,13 @@ class InferenceSpec(BaseModel):
     # Inference parameters of this experiment on top of its parameter set (FMBench's
     # SageMaker and REST predictors merge them the same way).
     parameters: dict[str, Any] = Field(default_factory=dict)
-    # FMBench's SageMaker predictor: send {"inputs": ..., **parameters} (flat) instead of
-    # {"inputs": ..., "parameters": {...}} (TGI/LMI style).
+    # FMBench's SageMaker predictor: the body is the bare prompt (JSON text) and the
+    # parameters are invoke_endpoint arguments (ContentType, Accept), e.g. for BERT models.
     split_input_and_parameters: bool = False
-    # FMBench's predictors: wrapped around the prompt (start) and cut from the reply (stop).
-    start_token: str | None = None
+    # FMBench's stream reader: a token with this text ends the reply and is not counted.
+    # (FMBench also reads start_token but never uses it: it stays "not acted on".)
     stop_token: str | None = None
-    # FMBench's REST predictors: request headers.
+    # FMBench's REST predictors: request headers (under openai.headers, which win).
     headers: dict[str, str] = Field(default_factory=dict)
 
     @property
@@ -379,6 +385,9 @@ class Experiment(Section):
     deployment_script: str | None = None
     model_version: str | None = None
     accept_eula: bool | None = None
+    # FMBench: the tokenizer of this model counts tokens (used when datasets.tokenizer is
+    # unset and the local Hugging Face cache has it).
+    hf_tokenizer_model_id: str | None = None
     inference_script: str | None = None
     inference_spec: InferenceSpec = Field(default_factory=InferenceSpec)
     payload_files: list[str] = Field(min_length=1)
@@ -574,6 +583,16 @@ class Config(Section):
                  *(f"inference_spec.{k}" for k in experiment.inference_spec.unused_fmbench_keys)])
         return found
 
+    def tokenizer_model_ids(self) -> list[str]:
+        """Hub ids FMBench would count tokens with (hf_tokenizer_model_id, else an
+        'org/name' model_id), in experiment order, each once."""
+        found: dict[str, None] = {}
+        for experiment in self.experiments:
+            candidate = experiment.hf_tokenizer_model_id or experiment.model_id or ""
+            if re.fullmatch(r"[\w.\-]+/[\w.\-]+", candidate):
+                found.setdefault(candidate, None)
+        return list(found)
+
     def parameters_for(self, experiment: Experiment) -> dict[str, Any]:
         """The experiment's parameter set (FMBench 1.x: the flat one), then inference_spec's."""
         name = experiment.inference_spec.parameter_set
@@ -581,6 +600,8 @@ class Config(Section):
             name = FLAT_PARAMETER_SET
         parameters = dict(self.inference_parameters.get(name, {})) if name else {}
         parameters.update(experiment.inference_spec.parameters)
+        if parameters.get("truncate") == TRUNCATE_AT_PROMPT_LENGTH:
+            del parameters["truncate"]  # the whole prompt is sent: what the policy means
         return parameters
 
     def load_for(self, experiment: Experiment) -> LoadSettings:
