@@ -250,3 +250,16 @@ def test_cached_tokenizer_is_found_offline_and_a_missing_one_is_none(tmp_path: P
     (tmp_path / "models--org--tiny" / "refs" / "main").write_text("abc123", encoding="utf-8")
     assert cached_tokenizer_file("org/tiny", tmp_path) == snapshot / "tokenizer.json"
     assert cached_tokenizer_file("org/absent", tmp_path) is None
+
+
+def test_tolerated_problems_are_warnings_on_the_terminal(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_bench=BENCHMARK_TEST)
+    twice = openai_config("http://127.0.0.1:9/v1", name="dupes").replace("name: beta", "name: alpha")
+    pytester.makefile(".yml", cfg=twice + "pricing: custom_pricing.yml\n")
+    result = pytester.runpytest(*INNER_ARGS, "--fmbench-config=cfg.yml", "--collect-only", "-q")
+    assert result.ret == 0
+    assert sum("test_benchmark[alpha-2-" in line for line in result.outlines) == 4
+    result.stdout.fnmatch_lines([
+        "*PytestConfigWarning*experiments[[]1[]] (alpha).name*runs as 'alpha-2'*",
+        "*PytestConfigWarning*'custom_pricing.yml' was not found*",
+    ], consecutive=False)

@@ -39,7 +39,23 @@ def load_config(
     config = _validate(data, path)
     config.source_path = path
     _check_backends(config, path, list(known_backends))
+    _tolerate_missing_pricing(config)
     return config
+
+
+def _tolerate_missing_pricing(config: Config) -> None:
+    """FMBench falls back to its bundled prices when a custom pricing file is absent (its
+    sample configs name a custom_pricing.yml they don't ship): so do we, with a warning."""
+    from pytest_fmbench.config.pricing import missing_pricing_file
+
+    missing = missing_pricing_file(config)
+    if missing is None:
+        return
+    config.pricing = None
+    config.add_warning(
+        f"pricing: the pricing file '{missing}' was not found next to the config; the packaged "
+        "price table is used instead (as FMBench falls back to its own); add the file for your "
+        "prices")
 
 
 def config_hash(path: Path) -> str:

@@ -97,6 +97,7 @@ class PriceTable:
                               fix="use FMBench's format: pricing: {instance_based: {...}, token_based: {...}}")
         as_of = data.get("prices_as_of")
         body = data.get("pricing", data)
+        body = _flat_instance_prices(body)
         if not isinstance(body, Mapping):
             raise ConfigError("'pricing' must be a mapping", file=source, key="pricing",
                               fix="use FMBench's format: pricing: {instance_based: {...}, token_based: {...}}")
@@ -139,6 +140,30 @@ class PriceTable:
     def describe(self) -> str:
         date = f", prices as of {self.as_of}" if self.as_of else ""
         return " + ".join(self.sources) + date
+
+
+def _flat_instance_prices(body: Any) -> Any:
+    """FMBench's older inline form, ``pricing: {ml.g5.2xlarge: 1.515, ...}``: instance prices."""
+    if (isinstance(body, Mapping) and body
+            and not {"instance_based", "token_based", "prices_as_of"} & set(body)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in body.values())):
+        return {"instance_based": dict(body)}
+    return body
+
+
+def missing_pricing_file(config: Config) -> str | None:
+    """The config's ``pricing:`` file when it names a local file that does not exist (and is
+    not FMBench's bundled ``pricing.yml``, which the packaged table stands for)."""
+    pricing = config.pricing
+    if not isinstance(pricing, str) or not pricing.strip():
+        return None
+    text = pricing.strip()
+    if text.startswith(("s3://", "http://", "https://")):
+        return None
+    if Path(text).name == FMBENCH_DEFAULT_NAME and Path(text).parent == Path("."):
+        return None
+    folder = config.source_path.parent if config.source_path else Path.cwd()
+    return None if (folder / text).expanduser().is_file() else text
 
 
 def _amount(value: Any, source: str, key: str) -> float:
