@@ -189,8 +189,8 @@ def report(result: VersionResult) -> list[str]:
     return lines
 
 
-def missing_keys(cache: Path) -> dict[str, set[str]]:
-    """Keys in the cached corpora that fmbench_keys.FMBENCH_KEYS lacks (for refreshing it)."""
+def missing_keys(cache: Path, versions: list[str]) -> dict[str, set[str]]:
+    """Keys in these corpora (configs and code) that fmbench_keys.FMBENCH_KEYS lacks."""
     from pytest_fmbench.config.fmbench_keys import FMBENCH_KEYS, OPAQUE_SECTIONS
 
     found: dict[str, set[str]] = {}
@@ -201,8 +201,8 @@ def missing_keys(cache: Path) -> dict[str, set[str]]:
             if unknown:
                 found.setdefault(section, set()).update(unknown)
 
-    for folder in sorted(cache.glob("configs-*")):
-        for path in extract_configs_in(folder):
+    for version in versions:
+        for path in extract_configs_in(cache / f"configs-{version}"):
             text = path.read_text(encoding="utf-8")
             try:
                 data = load_filled(text, placeholder_values(text))[0]
@@ -216,6 +216,35 @@ def missing_keys(cache: Path) -> dict[str, set[str]]:
                 note("datasets.filters", dataset_filter)
             for experiment in data.get("experiments") or []:
                 note("experiments", experiment)
+    for version in versions:
+        for section, keys in source_keys(pypi_wheel(version, cache)).items():
+            unknown = keys - FMBENCH_KEYS.get(section, frozenset())
+            if unknown:
+                found.setdefault(section, set()).update(unknown)
+    return found
+
+
+# config['section']['key'] / config['section'].get('key') in FMBench's code and notebooks
+# (notebook JSON escapes the quotes), and its predictors' inference_spec.get('key').
+_SECTION_READ = re.compile(
+    r"""config\[\\?['"](\w+)\\?['"]\](?:\[\\?['"]([\w.]+)\\?['"]\]|\.get\(\\?['"]([\w.]+)\\?['"])""")
+_SPEC_READ = re.compile(r"""inference_spec(?:\[\\?['"]|\.get\(\\?['"])(\w+)""")
+CODE_SECTIONS = ("general", "aws", "datasets", "metrics", "report")
+
+
+def source_keys(wheel: Path) -> dict[str, set[str]]:
+    """Keys FMBench's own code reads, by section (sections we validate only)."""
+    found: dict[str, set[str]] = {}
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.namelist():
+            if not member.endswith((".py", ".ipynb")):
+                continue
+            code = archive.read(member).decode("utf-8", errors="replace")
+            for section, key, got in _SECTION_READ.findall(code):
+                if section in CODE_SECTIONS:
+                    found.setdefault(section, set()).add(key or got)
+            for key in _SPEC_READ.findall(code):
+                found.setdefault("experiments.inference_spec", set()).add(key)
     return found
 
 
@@ -241,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(report(result)))
         failed |= len(result.misses) > VERSIONS.get(version, (0, 0))[1]
     if args.keys:
-        for section, keys in sorted(missing_keys(args.cache).items()):
+        for section, keys in sorted(missing_keys(args.cache, args.versions).items()):
             print(f"keys missing from FMBENCH_KEYS[{section!r}]: {', '.join(sorted(keys))}")
     return 1 if failed else 0
 

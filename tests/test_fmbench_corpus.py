@@ -15,6 +15,8 @@ from types import ModuleType
 
 import pytest
 
+from pytest_fmbench.config.fmbench_keys import FMBENCH_KEYS
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(tempfile.gettempdir()) / "pytest-fmbench-corpus"
 # version → (benchmark configs in the wheel, at least this many must pass).
@@ -80,3 +82,15 @@ def test_the_corpus_script_runs_as_a_command(corpus: ModuleType) -> None:
     assert process.returncode == 0, process.stdout + process.stderr
     assert "fmbench 1.0.52: 75/75" in process.stdout
     assert "keys missing" not in process.stdout
+
+
+def test_fmbench_keys_cover_what_fmbench_code_reads(corpus: ModuleType) -> None:
+    read = corpus.source_keys(corpus.pypi_wheel("2.1.6", CACHE))
+    # The scanner finds reads in modules and notebooks alike...
+    assert {"latency_latitude", "generate_html_report"} <= read["report"]
+    assert {"split_input_and_parameters", "stop_token", "headers"} <= read["experiments.inference_spec"]
+    # ...and every key FMBench's code reads is in fmbench_keys.py (the keys its configs carry
+    # are, or those configs would not load in the test above).
+    for version in THRESHOLDS:
+        for section, keys in corpus.source_keys(corpus.pypi_wheel(version, CACHE)).items():
+            assert keys <= FMBENCH_KEYS[section], (version, section, keys - FMBENCH_KEYS[section])
