@@ -36,9 +36,21 @@ def check_selected(config: Config, settings: ReportSettings, experiments: list[E
 
 
 def price_selected(config: Config, settings: ReportSettings, experiments: list[Experiment]) -> None:
-    """Prices on an xdist worker: an unknown price is the controller's error to report."""
+    """Prices on an xdist worker: an unknown price is the controller's error to report.
+
+    A bring-your-own SageMaker endpoint's instance type is learned by its preflight
+    (DescribeEndpoint); the worker repeats the preflight of an experiment without an
+    instance type and without a price, as the controller's learned type stays there.
+    """
     for experiment in experiments:
         try:
             settings.prices.update(check_prices(config, [experiment]))
         except ConfigError:
             settings.prices[experiment.name] = None
+        if settings.prices[experiment.name] is not None or experiment.instance_type:
+            continue
+        try:
+            preflight(config, [experiment])
+            settings.prices.update(check_prices(config, [experiment]))
+        except Exception:  # noqa: BLE001, S110 - the controller reports it; a worker goes on
+            pass

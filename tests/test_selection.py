@@ -149,3 +149,30 @@ def importlib_missing(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is None
+
+
+class LearnsInstanceType:
+    """A backend whose preflight learns the instance type, as a bring-your-own SageMaker
+    endpoint's does (DescribeEndpoint)."""
+
+    @classmethod
+    def preflight(cls, config: object, experiment: object) -> None:
+        experiment.instance_type = "ml.g5.xlarge"  # type: ignore[attr-defined]
+
+
+def test_a_worker_prices_an_experiment_whose_type_preflight_learns(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yml"
+    path.write_text(textwrap.dedent("""\
+        datasets:
+          filters: [{payload_file: p.jsonl}]
+        experiments:
+          - name: byo
+            backend: "tests.test_selection:LearnsInstanceType"
+            payload_files: [p.jsonl]
+            concurrency_levels: [1]
+        """), encoding="utf-8")
+    config = load_config(path, environ={}, known_backends=[])
+    settings = prepare(config, experiments=[])
+    price_selected(config, settings, config.experiments)
+    price = settings.prices["byo"]
+    assert price is not None and price.key == "ml.g5.xlarge"
