@@ -153,12 +153,9 @@ def _describe(error: Any, data: dict[str, Any]) -> tuple[str, str, str]:
         fix = f"give at least one entry under '{key}'"
     else:
         fix = f"change the value of '{key}'"
-    if "is not produced by" in message or "is not a section" in message:
+    if "is not a section" in message:
         key = message.split(":", 1)[0]
-        fix = "use a payload file / parameter set defined in the config, or define it"
-    if "is used twice" in message:
-        key = message.split(":", 1)[0]
-        fix = "give each experiment a unique name (case ids and results are keyed by it)"
+        fix = "use a parameter set defined in the config, or define it"
     return key or "(top level)", message, fix
 
 

@@ -1,7 +1,11 @@
 """The typed config: FMBench's sections as they are, plus ours under clear keys.
 
-FMBench config files load unchanged. Keys that only matter to FMBench's S3/notebook
-machinery are accepted and ignored; any other unknown key is an error with a "did you mean".
+FMBench config files load unchanged. Every key FMBench knows (``fmbench_keys.py``) is
+accepted; the ones we don't act on are kept (``Config.ignored_fmbench_keys``) and listed in the
+report and the terminal summary. Any other unknown key is an error with a "did you mean".
+What FMBench tolerates is tolerated with a warning (``Config.warnings``): FMBench 1.x's flat
+``inference_parameters``, duplicate experiment names (suffixed ``-2``), payload files no filter
+produces (their cases skip, as FMBench skips them).
 """
 
 from __future__ import annotations
