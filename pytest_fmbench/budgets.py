@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from pytest_fmbench.config.model import Config
+from pytest_fmbench.config.model import Config, Experiment
 from pytest_fmbench.config.pricing import Price
 from pytest_fmbench.errors import ConfigError
 from pytest_fmbench.metrics import METRICS, Recommendation, recommend, slo_thresholds
@@ -224,9 +224,12 @@ def budget_set(config: Config, cli: Sequence[str] = ()) -> BudgetSet:
     return BudgetSet(common, per_experiment)
 
 
-def require_prices(config: Config, budgets: BudgetSet, prices: Mapping[str, Price | None]) -> None:
+def require_prices(config: Config, budgets: BudgetSet, prices: Mapping[str, Price | None],
+                   experiments: Sequence[Experiment] | None = None) -> None:
     """A cost budget on an experiment without a price cannot be judged: say so before running."""
-    for index, experiment in enumerate(config.experiments):
+    chosen = config.experiments if experiments is None else experiments
+    for experiment in chosen:
+        index = config.experiments.index(experiment)
         if prices.get(experiment.name) is not None:
             continue
         for metric, budget in budgets.for_experiment(experiment.name).items():

@@ -19,6 +19,8 @@ class Case:
     concurrency: int
     experiment_index: int
     markers: tuple[str, ...]
+    # Set when the case cannot run and FMBench would skip it too (pytest skips it).
+    skip_reason: str | None = None
 
     @property
     def id(self) -> str:
@@ -60,9 +62,13 @@ def expand_cases(config: Config) -> list[Case]:
     cases = []
     for index, experiment in enumerate(config.experiments):
         markers = experiment_markers(config, experiment)
+        unproduced = config.unproduced_payload_files(experiment.name)
         for payload_file in experiment.payload_files:
+            skip = (f"payload file '{payload_file}' is not produced by any datasets.filters "
+                    "entry (FMBench skips it too)") if payload_file in unproduced else None
             for concurrency in experiment.concurrency_levels:
-                cases.append(Case(experiment.name, payload_file, concurrency, index, markers))
+                cases.append(Case(experiment.name, payload_file, concurrency, index, markers,
+                                  skip))
     ids = [c.id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

@@ -17,7 +17,7 @@ from pytest_fmbench.config.model import BUILTIN_BACKENDS, Config
 from pytest_fmbench.data.fmbench_read import use_read_dir_pricing
 from pytest_fmbench.endpoints.base import Endpoint
 from pytest_fmbench.endpoints.lifecycle import DeployFailed
-from pytest_fmbench.endpoints.registry import backend_names, preflight
+from pytest_fmbench.endpoints.registry import backend_names
 from pytest_fmbench.errors import ConfigError, FmbenchError
 from pytest_fmbench.load.summary import format_summary
 from pytest_fmbench.report.ci import junit_properties, write_step_summary
@@ -38,6 +38,7 @@ from pytest_fmbench.run import (
     new_run_id,
 )
 from pytest_fmbench.safety.spend import estimate, estimate_lines, offline_prices
+from pytest_fmbench.selection import check_selected, price_selected, selected_experiments
 from pytest_fmbench.timeouts import case_timeout_s, parse_case_timeout
 
 RUN_KEY = pytest.StashKey[BenchmarkRun]()
@@ -159,9 +160,9 @@ def pytest_configure(config: pytest.Config) -> None:
         cases = expand_cases(bench_config)
         read_dir = _read_dir(config)
         use_read_dir_pricing(bench_config, read_dir)
-        preflight(bench_config)
+        # Budgets only: preflight and prices wait for the selection (selection.py).
         report_settings = prepare(bench_config, config.getoption("fmbench_budget"),
-                                  _setting(config, "fmbench_gate", "FMBENCH_GATE"))
+                                  _setting(config, "fmbench_gate", "FMBENCH_GATE"), experiments=[])
         config.stash[UPLOAD_KEY] = _upload_wanted(config)
         if config.stash[UPLOAD_KEY]:
             from pytest_fmbench.report.fmbench_upload import check_upload
@@ -171,6 +172,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(exc.render()) from None
     except ValueError as exc:
         raise pytest.UsageError(f"{path}: {exc}") from None
+    for warning in bench_config.warnings:
+        config.issue_config_time_warning(pytest.PytestConfigWarning(f"{path}: {warning}"), stacklevel=2)
     for marker in all_markers(bench_config):
         config.addinivalue_line("markers", f"{marker}: pytest-fmbench experiment marker")
 
@@ -338,7 +341,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("fmbench_case", [
         pytest.param(case, id=case.id, marks=[
             pytest.mark.fmbench, *(getattr(pytest.mark, m) for m in case.markers),
-            *_timeout_mark(timeouts, case)])
+            *_timeout_mark(timeouts, case),
+            *([pytest.mark.skip(reason=case.skip_reason)] if case.skip_reason else [])])
         for case in cases
     ])
 
@@ -365,6 +369,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items[position] = item
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """xdist workers price their selected experiments (the controller checked them)."""
+    if not hasattr(session.config, "workerinput") or session.config.option.collectonly:
+        return
+    run = session.config.stash.get(RUN_KEY, None)
+    settings = session.config.stash.get(REPORT_SETTINGS_KEY, None)
+    if run is not None and settings is not None:
+        names = [case.experiment for item in session.items if (case := _case_of(item))]
+        price_selected(run.config, settings, selected_experiments(run.config, names))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     yield
@@ -382,6 +397,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if run is None:
         return
     run.close()
+    if session.config.option.collectonly:
+        return  # nothing ran: no report, no verdict
     if not hasattr(session.config, "workerinput"):
         # Endpoints of crashed workers were never torn down by them: do it here.
         cleanup_orphans(run)
@@ -460,6 +477,8 @@ class Controller:
     def __init__(self, config: pytest.Config, cases: list[Case]) -> None:
         self.config = config
         self.case_ids = {case.id: case.experiment for case in cases}
+        # Cases skipped on purpose (a payload file no filter produces) are not missing.
+        self.skipped_ids = {case.id for case in cases if case.skip_reason}
         self.expected: list[str] = []
         self.completed: set[str] = set()
 
@@ -470,14 +489,30 @@ class Controller:
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.expected = [item.nodeid for item in session.items if _case_of(item) is not None]
+        self._check_selected([case.experiment for item in session.items
+                              if (case := _case_of(item)) is not None])
         if self.expected:
             self._print_estimate()
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
         if not self.expected:
+            from pytest_fmbench.xdist import experiment_of
+
             self.expected = [nodeid for nodeid in ids if self._is_case(nodeid)]
+            self._check_selected([experiment_of(nodeid, self.case_ids) for nodeid in ids])
             self._print_estimate()
+
+    def _check_selected(self, experiments: list[str | None]) -> None:
+        """Preflight and prices of the selected experiments, once, before the first deploy."""
+        run = self.config.stash.get(RUN_KEY, None)
+        settings = self.config.stash.get(REPORT_SETTINGS_KEY, None)
+        if self.config.option.collectonly or run is None or settings is None:
+            return
+        try:
+            check_selected(run.config, settings, selected_experiments(run.config, experiments))
+        except ConfigError as exc:
+            raise pytest.UsageError(exc.render()) from None
 
     def _print_estimate(self) -> None:
         """Before the first deploy (also under --collect-only): what the selection may cost."""
@@ -498,7 +533,8 @@ class Controller:
     @property
     def missing(self) -> list[str]:
         return [nodeid.split("::", 1)[-1] for nodeid in self.expected
-                if nodeid not in self.completed]
+                if nodeid not in self.completed
+                and nodeid.rsplit("[", 1)[-1].rstrip("]") not in self.skipped_ids]
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

@@ -138,13 +138,33 @@ class BenchmarkRun:
         spec = self.config.datasets.tokenizer
         if spec is None:
             inputs = self.fmbench_inputs()
-            return str(inputs.tokenizer_dir) if inputs and inputs.tokenizer_dir else None
+            if inputs and inputs.tokenizer_dir:
+                return str(inputs.tokenizer_dir)
+            return self._fmbench_tokenizer()
         if spec.startswith("local:"):
             from pytest_fmbench.endpoints.local import resolve_local_model
 
             return str(resolve_local_model(spec.removeprefix("local:")))
         candidate = (self.config_dir / spec).expanduser()
         return str(candidate) if candidate.exists() else spec
+
+    def _fmbench_tokenizer(self) -> str | None:
+        """FMBench counts with the model's tokenizer (hf_tokenizer_model_id / model_id): use it
+        when the local Hugging Face cache has it; offline otherwise, the estimate (warned)."""
+        from pytest_fmbench.data.tokens import cached_tokenizer_file
+
+        model_ids = self.config.tokenizer_model_ids()
+        if not model_ids:
+            return None
+        found = cached_tokenizer_file(model_ids[0])
+        if found is None:
+            self.log(f"[fmbench] the tokenizer of '{model_ids[0]}' (hf_tokenizer_model_id / "
+                     "model_id) is not in the local Hugging Face cache: not downloaded")
+            return None
+        if len(model_ids) > 1:
+            self.log(f"[fmbench] token counts use the tokenizer of '{model_ids[0]}' for every "
+                     f"experiment ({len(model_ids)} models named; set datasets.tokenizer to choose)")
+        return str(found)
 
     def payload_paths(self) -> dict[str, Path]:
         if self._payload_paths is None:

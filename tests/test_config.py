@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from pytest_fmbench.cases import expand_cases
 from pytest_fmbench.config import Config, Experiment, load_config
 from pytest_fmbench.config.model import LoadSettings
-from pytest_fmbench.config.placeholders import fill_placeholders, find_placeholders
+from pytest_fmbench.config.placeholders import find_placeholders, load_filled
 from pytest_fmbench.errors import ConfigError
 
 # aws-samples/foundation-model-benchmarking-tool,
@@ -336,35 +337,82 @@ def test_aws_default_region_also_fills_region(tmp_path: Path) -> None:
 # --- placeholders -------------------------------------------------------------------------
 
 def test_placeholder_filled() -> None:
-    text, missing = fill_placeholders("a: {name}\nb: x-{name}-{other}\n",
-                                      {"name": "N", "other": "O"})
-    assert text == "a: N\nb: x-N-O\n"
+    data, missing = load_filled("a: {name}\nb: x-{name}-{other}\n", {"name": "N", "other": "O"})
+    assert data == {"a": "N", "b": "x-N-O"}
     assert missing == []
 
 
-@pytest.mark.parametrize("line", [
-    "t: '{{ jinja }}'",
-    "t: '{{name}}'",
-    'j: \'{"json": 1}\'',
-    "s: '{ spaced }'",
-    "c: 1  # a comment with {name} in it",
-    "# whole-line comment {name}",
+@pytest.mark.parametrize("line, expected", [
+    ("t: '{{ jinja }}'", {"t": "{{ jinja }}"}),
+    ("t: '{{name}}'", {"t": "{{name}}"}),
+    ('j: \'{"json": 1}\'', {"j": '{"json": 1}'}),
+    ("s: '{ spaced }'", {"s": "{ spaced }"}),
+    ("c: 1  # a comment with {name} in it", {"c": 1}),
+    ("# whole-line comment {name}\nc: 2", {"c": 2}),
 ])
-def test_other_braces_untouched(line: str) -> None:
-    text, missing = fill_placeholders(line + "\n", {"name": "FILLED"})
-    assert text == line + "\n"
+def test_other_braces_untouched(line: str, expected: dict[str, object]) -> None:
+    data, missing = load_filled(line + "\n", {"name": "FILLED"})
+    assert data == expected
     assert missing == []
     assert find_placeholders(line) == []
 
 
 def test_hash_inside_quotes_is_not_a_comment() -> None:
-    text, missing = fill_placeholders("u: 'http://h/#{name}'  # {ignored}\n", {"name": "x"})
-    assert text == "u: 'http://h/#x'  # {ignored}\n"
+    data, missing = load_filled("u: 'http://h/#{name}'  # {ignored}\n", {"name": "x"})
+    assert data == {"u": "http://h/#x"}
     assert missing == []
 
 
 def test_find_placeholders_in_order_once() -> None:
-    assert find_placeholders("a: {b}\nc: {a} {b}\n# {zzz}\n") == ["b", "a"]
+    assert find_placeholders("a: {b}\nc: '{a} {b}'\n# {zzz}\n") == ["b", "a"]
+
+
+def test_plain_placeholder_is_typed_like_fmbench_text_substitution() -> None:
+    data, _ = load_filled("n: {count}\nf: {flag}\ns: '{count}'\n", {"count": "2", "flag": "yes"})
+    assert data == {"n": 2, "f": True, "s": "2"}
+
+
+@pytest.mark.parametrize("value", [
+    "x: injected", "x # cut", "a\nb: c", "[1, 2]", "{k: v}", "'quoted", "- item",
+])
+def test_a_value_never_reshapes_the_config(value: str) -> None:
+    text = "general:\n  name: {name}\nother: kept\nquoted: 'q-{name}'\n"
+    data, missing = load_filled(text, {"name": value})
+    assert missing == []
+    assert data == {"general": {"name": value}, "other": "kept", "quoted": f"q-{value}"}
+
+
+def test_placeholder_inside_a_larger_string_and_a_block_scalar() -> None:
+    text = ("dir: s3://{write_bucket}/x/{name}\n"
+            "props: |\n  option.model_id={model_id}\n  option.tp=1\n")
+    data, missing = load_filled(text, {"write_bucket": "b", "name": "n", "model_id": "m/x"})
+    assert missing == []
+    assert data == {"dir": "s3://b/x/n", "props": "option.model_id=m/x\noption.tp=1\n"}
+
+
+def test_prompt_template_keys_are_not_placeholders() -> None:
+    text = ("datasets:\n  prompt_template: 'Q: {input} C: {context} M: {model}'\n"
+            "other: '{input}'\n")
+    data, missing = load_filled(text, {"model": "llama"})
+    assert data["datasets"]["prompt_template"] == "Q: {input} C: {context} M: llama"
+    assert missing == ["input"]  # outside the template it is a placeholder like any other
+    text = ("datasets:\n  prompt_template_keys: [question]\n"
+            "  prompt_template: '{question} {input}'\n")
+    assert load_filled(text, {})[1] == ["input"]
+
+
+def test_inline_prompt_template_loads(tmp_path: Path) -> None:
+    config = load_text(tmp_path, BASE.replace(
+        "datasets:\n", "datasets:\n  prompt_template: \"Context: {context}\\nQuestion: {input}\"\n", 1))
+    assert config.datasets.prompt_template == "Context: {context}\nQuestion: {input}"
+
+
+@pytest.mark.parametrize("value", ["a\nb", "tab\there", "bell\x07"])
+def test_control_characters_in_values_are_refused(tmp_path: Path, value: str) -> None:
+    text, _error, path = config_error(tmp_path, BASE.replace("name: unit", "name: {run_name}"),
+                                      values={"run_name": value})
+    assert "control character" in text
+    assert_names_file_key_fix(text, path, "--fmbench-set run_name")
 
 
 def test_unfilled_placeholder_is_a_config_error(tmp_path: Path) -> None:
@@ -523,12 +571,19 @@ def test_yaml_that_is_not_a_mapping(tmp_path: Path) -> None:
         load_text(tmp_path, "- a\n- b\n")
 
 
-def test_payload_file_not_produced_by_any_filter(tmp_path: Path) -> None:
-    text, _, path = config_error(
+def test_payload_file_not_produced_by_any_filter_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    # FMBench logs an error and skips the combination; so do we, and the count stays right.
+    config = load_text(
         tmp_path, BASE.replace("[p_short.jsonl, p_long.jsonl]", "[p_short.jsonl, p_lung.jsonl]"))
-    assert_names_file_key_fix(text, path, "experiments[0] (exp-a).payload_files")
-    assert "'p_lung.jsonl' is not produced by any datasets.filters entry" in text
-    assert "did you mean 'p_long.jsonl'?" in text
+    assert config.unproduced_payload_files("exp-a") == ["p_lung.jsonl"]
+    [warning] = config.warnings
+    assert "experiments[0] (exp-a).payload_files" in warning
+    assert "'p_lung.jsonl'" in warning and "did you mean 'p_long.jsonl'?" in warning
+    cases = expand_cases(config)
+    assert len(cases) == 2 * 2  # payload files × concurrency levels, as FMBench counts
+    skipped = [c for c in cases if c.skip_reason]
+    assert [c.id for c in skipped] == ["exp-a-p_lung-c1", "exp-a-p_lung-c2"]
+    assert "not produced by any datasets.filters entry" in (skipped[0].skip_reason or "")
 
 
 def test_unknown_parameter_set(tmp_path: Path) -> None:
@@ -539,15 +594,21 @@ def test_unknown_parameter_set(tmp_path: Path) -> None:
     assert "did you mean 'small'?" in text
 
 
-def test_duplicate_experiment_names(tmp_path: Path) -> None:
+def test_duplicate_experiment_names_get_a_suffix_and_a_warning(tmp_path: Path) -> None:
+    # FMBench runs both; case ids and results need unique names.
     twice = BASE + (
         "  - name: exp-a\n    backend: local\n    payload_files: [p_short.jsonl]\n"
         "    concurrency_levels: [1]\n"
+        "  - name: exp-a\n    backend: local\n    payload_files: [p_short.jsonl]\n"
+        "    concurrency_levels: [1]\n"
     )
-    text, _error, path = config_error(tmp_path, twice)
-    assert "'exp-a' is used twice" in text
-    assert_names_file_key_fix(text, path, "experiments[1] (exp-a).name")
-    assert "unique" in text.split("fix: ")[1]
+    config = load_text(tmp_path, twice)
+    assert [e.name for e in config.experiments] == ["exp-a", "exp-a-2", "exp-a-3"]
+    assert len(config.warnings) == 2
+    assert "experiments[1] (exp-a).name" in config.warnings[0]
+    assert "runs as 'exp-a-2'" in config.warnings[0]
+    ids = [c.id for c in expand_cases(config)]
+    assert len(ids) == len(set(ids)) == 4 + 1 + 1
 
 
 @pytest.mark.parametrize(("levels", "message"), [

@@ -44,8 +44,6 @@ REPO = Path(__file__).resolve().parents[1]
 WRITE_BUCKET = "sagemaker-fmbench-write-us-east-1-123456789012"
 READ_BUCKET = "sagemaker-fmbench-read-us-east-1-123456789012"
 EMPTY = {"endpoints": [], "configs": [], "models": []}
-# Stands in for the SageMaker SDK at startup only (see ``jumpstart_sdk_findable``).
-SDK_STUB = '"""Not the SageMaker SDK: found at startup, never imported by a selected case."""\n'
 
 
 @dataclass
@@ -82,16 +80,6 @@ def aws(servers: tuple[str, AwsRuntimeEmulator], monkeypatch: pytest.MonkeyPatch
     return Aws(boto3.client("sagemaker"), s3, emulator, pytester)
 
 
-def jumpstart_sdk_findable(pytester: pytest.Pytester) -> None:
-    """Files mixing JumpStart and other experiments: until the backend checks run only for
-    the selected experiments (issue 10 item 3, branch ``compat``), the deselected JumpStart
-    ones need the SageMaker SDK to be findable at startup. They never deploy here."""
-    package = pytester.path / "sdk" / "sagemaker"
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text(SDK_STUB)
-    pytester.syspathinsert(package.parent)
-
-
 def fmbench_file(pytester: pytest.Pytester, relative: str, *,
                  ep_name: tuple[str, str] | None = None) -> Path:
     """FMBench's config verbatim as cfg.yml; ``ep_name`` (theirs, ours) fills in a
@@ -119,10 +107,12 @@ def data_files(path: Path, records: int = 24) -> dict[str, bytes]:
     assert config.s3_read_data is not None
     files = read_layout_files(config.s3_read_data.model_dump(), records=records,
                               keys=config.datasets.prompt_template_keys)
-    if isinstance(config.pricing, str) and config.pricing != "pricing.yml":
+    # Not next to the config: the loader falls back until the read dir is looked at.
+    pricing = config.pricing if config.pricing is not None else config.missing_pricing_file
+    if isinstance(pricing, str) and pricing != "pricing.yml":
         # A custom pricing file, which FMBench reads from the read bucket's configs/.
         prices = {e.instance_type: 1.5 for e in config.experiments if e.instance_type}
-        files[f"{config.s3_read_data.configs_prefix}/{config.pricing}"] = json.dumps(
+        files[f"{config.s3_read_data.configs_prefix}/{pricing}"] = json.dumps(
             {"pricing": {"instance_based": prices, "token_based": {}}}).encode()
     return files
 
@@ -155,7 +145,6 @@ TGI_EXPERIMENT = "llama2-13b-p4d.24xlarge-tgi-inference-2.0.1-tgi0.9.3-gpu-py39-
 
 def test_fmbench_tgi_deploy_config_runs_end_to_end(aws: Aws) -> None:
     path = fmbench_file(aws.pytester, TGI_FILE)
-    jumpstart_sdk_findable(aws.pytester)
     result = run(aws.pytester, with_read_dir(aws.pytester, path), "-k", "p4d and en_1-500")
     result.assert_outcomes(passed=5)  # concurrency 1, 2, 4, 6, 8
     assert_all_ok(records(aws.pytester), TGI_EXPERIMENT)
@@ -206,7 +195,6 @@ BYOE_NAME = "your-llama3-8b-inf2-24x-large-endpoint-name"
 def test_fmbench_byo_sagemaker_endpoint_config_runs_and_leaves_the_endpoint(aws: Aws) -> None:
     create_byo_endpoint(aws.sm, BYOE_NAME)  # FMBench's placeholder is a valid name: kept
     path = fmbench_file(aws.pytester, BYOE_FILE)
-    jumpstart_sdk_findable(aws.pytester)
     result = run(aws.pytester, with_read_dir(aws.pytester, path, records=80), "-k",
                  "inf2 and en_1-500-c2")
     result.assert_outcomes(passed=1)

@@ -135,11 +135,31 @@ def test_fmbench_default_pricing_file_name_uses_the_packaged_table(tmp_path: Pat
     assert check_prices(config)["a"].hourly == 1.006
 
 
-def test_missing_pricing_file_is_an_error(tmp_path: Path) -> None:
+def test_missing_pricing_file_falls_back_to_the_packaged_table_with_a_warning(tmp_path: Path) -> None:
+    # FMBench's sample configs name a custom_pricing.yml they don't ship; FMBench falls back.
     config = load_config(write_config(tmp_path, experiment("a", "openai", instance_type="g5.xlarge"),
-                                      "pricing: nowhere.yml\n"))
+                                      "pricing: custom_pricing.yml\n"))
+    assert config.pricing is None
+    [warning] = config.warnings
+    assert "'custom_pricing.yml' was not found" in warning and "packaged price table" in warning
+    assert check_prices(config)["a"].hourly == 1.006
+
+
+def test_a_pricing_file_that_vanishes_after_loading_is_an_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path, experiment("a", "openai", instance_type="g5.xlarge"),
+                        "pricing: mine.yml\n")
+    (tmp_path / "mine.yml").write_text("pricing:\n  instance_based: {g5.xlarge: 2.0}\n")
+    config = load_config(path)
+    assert config.warnings == [] and check_prices(config)["a"].hourly == 2.0
+    (tmp_path / "mine.yml").unlink()
     with pytest.raises(ConfigError, match="not found"):
         load_price_table(config)
+
+
+def test_fmbench_older_inline_pricing_is_instance_prices(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, experiment("a", "openai", instance_type="my.box"),
+                                      "pricing:\n  my.box: 3.25\n  ml.g5.2xlarge: 1.515\n"))
+    assert check_prices(config)["a"].hourly == 3.25
 
 
 def test_unknown_instance_price_names_the_key_and_the_fix(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from pytest_fmbench.config.model import BUILTIN_BACKENDS, Config, is_import_path
-from pytest_fmbench.config.placeholders import fill_placeholders
+from pytest_fmbench.config.placeholders import control_character_problem, load_filled
 from pytest_fmbench.errors import ConfigError
 
 # FMBench fills these from the AWS session; we take them from the environment when set.
@@ -34,12 +34,27 @@ def load_config(
 ) -> Config:
     """Load and validate a config file; every user mistake raises ``ConfigError``."""
     text = _read(path)
-    filled = _fill(text, path, dict(values or {}), os.environ if environ is None else environ)
-    data = _parse(filled, path)
+    filled = _values(path, dict(values or {}), os.environ if environ is None else environ)
+    data = _parse(text, filled, path)
     config = _validate(data, path)
     config.source_path = path
     _check_backends(config, path, list(known_backends))
+    _tolerate_missing_pricing(config)
     return config
+
+
+def _tolerate_missing_pricing(config: Config) -> None:
+    """FMBench falls back to its bundled prices when a custom pricing file is absent (its
+    sample configs name a custom_pricing.yml they don't ship): so do we, with a warning."""
+    from pytest_fmbench.config.pricing import missing_pricing_file
+
+    missing = missing_pricing_file(config)
+    if missing is None:
+        return
+    config.fall_back_from_pricing(missing, (
+        f"pricing: the pricing file '{missing}' was not found next to the config or in the "
+        "read dir's configs/; the packaged price table is used instead (as FMBench falls back "
+        "to its own); add the file for your prices"))
 
 
 def config_hash(path: Path) -> str:
@@ -61,7 +76,8 @@ def _read(path: Path) -> str:
                           fix="check the file's permissions and that it is UTF-8 text") from None
 
 
-def _fill(text: str, path: Path, values: dict[str, str], environ: Mapping[str, str]) -> str:
+def _values(path: Path, values: dict[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+    """The placeholder values: given ones, then the environment, then FMBench's defaults."""
     for name, variables in _ENV_PLACEHOLDERS.items():
         if name not in values:
             for variable in variables:
@@ -72,7 +88,24 @@ def _fill(text: str, path: Path, values: dict[str, str], environ: Mapping[str, s
     region = values.get("region", "unknown-region")
     values.setdefault("write_bucket", f"sagemaker-fmbench-write-{region}")
     values.setdefault("read_bucket", f"sagemaker-fmbench-read-{region}")
-    filled, missing = fill_placeholders(text, values)
+    for name, value in values.items():
+        problem = control_character_problem(name, value)
+        if problem:
+            raise ConfigError(problem, file=str(path), key=f"--fmbench-set {name}",
+                              fix="give a single-line value without tabs or other control "
+                              "characters")
+    return values
+
+
+def _parse(text: str, values: Mapping[str, str], path: Path) -> dict[str, Any]:
+    try:
+        data, missing = load_filled(text, values)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"invalid YAML{where}: {problem}", file=str(path),
+                          fix="fix the YAML syntax (indentation, quotes, colons)") from None
     if missing:
         names = ", ".join("{" + m + "}" for m in missing)
         example = " ".join(f"--fmbench-set {m}=VALUE" for m in missing)
@@ -82,18 +115,6 @@ def _fill(text: str, path: Path, values: dict[str, str], environ: Mapping[str, s
             key=missing[0],
             fix=f"pass {example} (or replace the placeholder in the file)",
         )
-    return filled
-
-
-def _parse(text: str, path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"invalid YAML{where}: {problem}", file=str(path),
-                          fix="fix the YAML syntax (indentation, quotes, colons)") from None
     if not isinstance(data, dict):
         raise ConfigError("the config must be a YAML mapping of sections", file=str(path),
                           fix="start from configs/quickstart.yml")
@@ -131,12 +152,9 @@ def _describe(error: Any, data: dict[str, Any]) -> tuple[str, str, str]:
         fix = f"give at least one entry under '{key}'"
     else:
         fix = f"change the value of '{key}'"
-    if "is not produced by" in message or "is not a section" in message:
+    if "is not a section" in message:
         key = message.split(":", 1)[0]
-        fix = "use a payload file / parameter set defined in the config, or define it"
-    if "is used twice" in message:
-        key = message.split(":", 1)[0]
-        fix = "give each experiment a unique name (case ids and results are keyed by it)"
+        fix = "use a parameter set defined in the config, or define it"
     return key or "(top level)", message, fix
 
 

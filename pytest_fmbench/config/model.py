@@ -1,7 +1,11 @@
 """The typed config: FMBench's sections as they are, plus ours under clear keys.
 
-FMBench config files load unchanged. Keys that only matter to FMBench's S3/notebook
-machinery are accepted and ignored; any other unknown key is an error with a "did you mean".
+FMBench config files load unchanged. Every key FMBench knows (``fmbench_keys.py``) is
+accepted; the ones we don't act on are kept (``Config.ignored_fmbench_keys``) and listed in the
+report and the terminal summary. Any other unknown key is an error with a "did you mean".
+What FMBench tolerates is tolerated with a warning (``Config.warnings``): FMBench 1.x's flat
+``inference_parameters``, duplicate experiment names (suffixed ``-2``), payload files no filter
+produces (their cases skip, as FMBench skips them).
 """
 
 from __future__ import annotations
@@ -11,12 +15,32 @@ import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+
+from pytest_fmbench.config.fmbench_keys import FMBENCH_KEYS, fmbench_knows
 
 from pytest_fmbench.config.predictors import predictor_backend
 from pytest_fmbench.config.read_data import S3ReadData
 
 BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock", "rest")
+
+# The set FMBench 1.x's flat ``inference_parameters`` mapping is kept under; experiments
+# without ``inference_spec.parameter_set`` use it.
+FLAT_PARAMETER_SET = "(flat)"
+
+# FMBench 1.x's `truncate: at-prompt-token-length`: truncate the input at its own length,
+# i.e. not at all. Sent as is, servers reject it (TGI's `truncate` takes a number), and a
+# number from our token count could cut a prompt whose count differs by a special token.
+TRUNCATE_AT_PROMPT_LENGTH = "at-prompt-token-length"
+
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.\-]+")
 
@@ -28,28 +52,47 @@ def is_import_path(name: str) -> bool:
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors, FMBench-only keys are accepted and ignored."""
+    """A config section: unknown keys are errors; FMBench's keys are accepted and kept.
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+    A key FMBench knows in this section (``fmbench_keys.FMBENCH_KEYS[fmbench_section]``) that
+    is not one of our fields is not validated or acted on, but it is remembered
+    (``unused_fmbench_keys``) so the report can say what changes against FMBench.
+    """
 
-    # FMBench keys that mean nothing to us; accepted so FMBench configs load unchanged.
-    fmbench_ignored: ClassVar[frozenset[str]] = frozenset()
+    # Numbers where text is expected are text (`name: 2024`, a filled `{placeholder}`).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False,
+                              coerce_numbers_to_str=True)
 
-    @model_validator(mode="before")
+    # Where this section sits in an FMBench config (None: a section of ours only).
+    fmbench_section: ClassVar[str | None] = None
+
+    _unused: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
     @classmethod
-    def _check_keys(cls, data: Any) -> Any:
+    def _check_keys(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
         if not isinstance(data, dict):
-            return data
+            return handler(data)
         known = set(cls.model_fields)
         known |= {f.alias for f in cls.model_fields.values() if f.alias}
-        kept = {}
+        kept, unused = {}, []
         for key, value in data.items():
-            if key in cls.fmbench_ignored:
-                continue
-            if str(key) not in known:
-                raise ValueError(_unknown_key_message(str(key), sorted(known)))
-            kept[key] = value
-        return kept
+            if str(key) in known:
+                kept[key] = value
+            elif cls.fmbench_section is not None and fmbench_knows(cls.fmbench_section, str(key)):
+                unused.append(str(key))
+            else:
+                fmbench = FMBENCH_KEYS.get(cls.fmbench_section or "", frozenset()) \
+                    if cls.fmbench_section is not None else frozenset()
+                raise ValueError(_unknown_key_message(str(key), sorted(known | fmbench)))
+        section = handler(kept)
+        section._unused = unused
+        return section
+
+    @property
+    def unused_fmbench_keys(self) -> list[str]:
+        """FMBench keys given in this section that pytest-fmbench does not act on."""
+        return list(self._unused)
 
 
 def _unknown_key_message(key: str, known: list[str]) -> str:
@@ -59,17 +102,23 @@ def _unknown_key_message(key: str, known: list[str]) -> str:
 
 
 class General(Section):
+    fmbench_section = "general"
+
     name: str = "fmbench"
     model_name: str | None = None
 
 
 class Aws(Section):
+    fmbench_section = "aws"
+
     region: str | None = None
     sagemaker_execution_role: str | None = None
     bucket: str | None = None
 
 
 class DatasetFilter(Section):
+    fmbench_section = "datasets.filters"
+
     payload_file: str
     language: str | None = None
     min_length_in_tokens: int = Field(default=1, ge=0)
@@ -91,15 +140,21 @@ class SyntheticDataset(Section):
 
 
 class Datasets(Section):
-    fmbench_ignored = frozenset(
-        {"ground_truth_col_key", "question_col_key", "source_data_prefix", "prompt_template_dir"}
-    )
+    fmbench_section = "datasets"
 
     # FMBench's place for the wave bounds; a `load:` section (ours) overrides them.
     min_iters_per_combination: int | None = Field(default=None, ge=1)
     max_iters_per_combination: int | None = Field(default=None, ge=1)
 
     prompt_template_keys: list[str] = Field(default_factory=lambda: ["input", "context"])
+
+    @field_validator("prompt_template_keys", mode="before")
+    @classmethod
+    def _template_keys(cls, value: Any) -> Any:
+        # FMBench configs leave it empty (its default) or give a single key as text.
+        if value is None:
+            return ["input", "context"]
+        return [value] if isinstance(value, str) else value
     # Ours: the prompt template inline, or a file (relative to the config file).
     prompt_template: str | None = None
     prompt_template_file: str | None = None
@@ -114,17 +169,41 @@ class Datasets(Section):
 
 
 class Metrics(Section):
+    fmbench_section = "metrics"
+
     dataset_of_interest: str | None = None
 
 
 class InferenceSpec(BaseModel):
-    """FMBench's per-experiment inference settings; open-ended there, so open here."""
+    """FMBench's per-experiment inference settings; open-ended there, so open here.
 
-    model_config = ConfigDict(extra="allow")
+    FMBench hands the whole mapping to the predictor (custom predictors read their own keys),
+    so any key is accepted; the ones without a field here are not acted on and are listed
+    in the report (``unused_fmbench_keys``).
+    """
+
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
 
     parameter_set: str | None = None
     stream: bool = True
     container_type: str | None = None
+    # Inference parameters of this experiment on top of its parameter set (FMBench's
+    # SageMaker and REST predictors merge them the same way).
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    # FMBench's SageMaker predictor: the body is the bare prompt (JSON text) and the
+    # parameters are invoke_endpoint arguments (ContentType, Accept), e.g. for BERT models.
+    split_input_and_parameters: bool = False
+    # FMBench's stream reader: a token with this text ends the reply and is not counted.
+    # (FMBench also reads start_token but never uses it: it stays "not acted on".)
+    stop_token: str | None = None
+    # FMBench's REST predictors: request headers (under openai.headers, which win).
+    headers: dict[str, str] = Field(default_factory=dict)
+    # FMBench's custom REST predictor: the model id sent in the request body.
+    model_id: str | None = None
+
+    @property
+    def unused_fmbench_keys(self) -> list[str]:
+        return sorted(self.model_extra or {})
 
 
 class LoadSettings(Section):
@@ -300,15 +379,7 @@ class BedrockSettings(Section):
 
 
 class Experiment(Section):
-    fmbench_ignored = frozenset(
-        {
-            "model_s3_path", "hf_tokenizer_model_id",
-            "model_copies", "sagemaker_role",
-            "deploy_docker", "download_model", "tokenizer_dir", "model_loading_timeout",
-            "ecr_repo", "region", "agent", "additional_instance_types", "instance_name",
-            "additional_metadata",
-        }
-    )
+    fmbench_section = "experiments"
 
     name: str
     backend: str | None = None
@@ -323,6 +394,9 @@ class Experiment(Section):
     deployment_script: str | None = None
     model_version: str | None = None
     accept_eula: bool | None = None
+    # FMBench: the tokenizer of this model counts tokens (used when datasets.tokenizer is
+    # unset and the local Hugging Face cache has it).
+    hf_tokenizer_model_id: str | None = None
     inference_script: str | None = None
     inference_spec: InferenceSpec = Field(default_factory=InferenceSpec)
     payload_files: list[str] = Field(min_length=1)
@@ -341,6 +415,15 @@ class Experiment(Section):
     bedrock: BedrockSettings | None = None
     load: LoadSettings | None = None
     markers: list[str] = Field(default_factory=list)
+
+    @property
+    def unused_fmbench_keys(self) -> list[str]:
+        """FMBench's deploy-script keys count as acted on only where a SageMaker deploy uses them."""
+        unused = list(self._unused)
+        if self.resolved_backend != "sagemaker" or not self.deploy:
+            unused += [key for key, value in (("serving.properties", self.serving_properties),
+                                              ("bucket", self.bucket)) if value is not None]
+        return unused
 
     @field_validator("model_version", mode="before")
     @classmethod
@@ -378,7 +461,9 @@ class Experiment(Section):
             return "bedrock"
         if "sagemaker" in script:
             return "sagemaker"
-        if (self.ep_name or "").startswith(("http://", "https://")) or "ec2" in script:
+        # FMBench's EC2, EKS (Ray Serve) and REST predictors all POST to a URL.
+        if (self.ep_name or "").startswith(("http://", "https://")) or any(
+                kind in script for kind in ("ec2", "eks", "rest")):
             return "openai"
         if self.local is not None:
             return "local"
@@ -399,13 +484,7 @@ class Experiment(Section):
 
 
 class Report(Section):
-    fmbench_ignored = frozenset(
-        {
-            "per_inference_request_file", "all_metrics_file", "txn_count_for_showing_cost",
-            "v_shift_w_single_instance", "v_shift_w_gt_one_instance", "latency_vs_token_len_chart",
-            "accuracy_budget", "accuracy_error_rate_budget", "cosine_similarity_budget",
-        }
-    )
+    fmbench_section = "report"
 
     latency_budget: float | None = Field(default=None, gt=0)
     cost_per_10k_txn_budget: float | None = Field(default=None, ge=0)
@@ -413,7 +492,7 @@ class Report(Section):
 
 
 class Config(Section):
-    fmbench_ignored = frozenset({"dir_paths", "run_steps", "model_evaluations"})
+    fmbench_section = ""
 
     general: General = Field(default_factory=General)
     aws: Aws = Field(default_factory=Aws)
@@ -434,22 +513,37 @@ class Config(Section):
     # Set by the loader, not read from YAML.
     source_path: Path | None = Field(default=None, exclude=True)
 
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+    _missing_pricing: tuple[str, str] | None = PrivateAttr(default=None)
+    # experiment name → payload files no datasets.filters entry produces (their cases skip).
+    _unproduced: dict[str, list[str]] = PrivateAttr(default_factory=dict)
+
+    @field_validator("inference_parameters", mode="before")
+    @classmethod
+    def _flat_parameters(cls, value: Any) -> Any:
+        """FMBench 1.x: one flat mapping of parameters, no named sets."""
+        if not isinstance(value, dict):
+            return value
+        flat = {k: v for k, v in value.items() if not isinstance(v, dict)}
+        if not flat:
+            return value
+        named = {k: v for k, v in value.items() if isinstance(v, dict)}
+        return {**named, FLAT_PARAMETER_SET: flat}
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        names = [e.name for e in self.experiments]
-        for index, name in enumerate(names):
-            if name in names[:index]:
-                raise ValueError(f"experiments[{index}] ({name}).name: experiment name '{name}' "
-                                 "is used twice; names must be unique")
+        self._rename_duplicates()
         filters = [f.payload_file for f in self.datasets.filters]
         for index, experiment in enumerate(self.experiments):
-            for payload_file in experiment.payload_files:
-                if payload_file not in filters:
-                    raise ValueError(
-                        f"experiments[{index}] ({experiment.name}).payload_files: "
-                        f"'{payload_file}' is not produced by any datasets.filters entry "
-                        f"({_did_you_mean(payload_file, filters)})"
-                    )
+            unproduced = [p for p in experiment.payload_files if p not in filters]
+            if unproduced:
+                # FMBench logs an error and skips the combination; so do we (cases skip).
+                self._unproduced[experiment.name] = unproduced
+                self._warnings.append(
+                    f"experiments[{index}] ({experiment.name}).payload_files: "
+                    + ", ".join(f"'{p}' ({_did_you_mean(p, filters)})" for p in unproduced)
+                    + " not produced by any datasets.filters entry: those cases are skipped, "
+                    "as FMBench skips them")
             parameter_set = experiment.inference_spec.parameter_set
             if parameter_set and parameter_set not in self.inference_parameters:
                 raise ValueError(
@@ -461,9 +555,98 @@ class Config(Section):
                 raise ValueError(f"experiments[{index}] ({experiment.name}).load.{key}: {problem}")
         return self
 
+    def _rename_duplicates(self) -> None:
+        """FMBench runs experiments that share a name; case ids and results need unique ones."""
+        taken = {e.name for e in self.experiments}
+        seen: set[str] = set()
+        for index, experiment in enumerate(self.experiments):
+            name = experiment.name
+            if name not in seen:
+                seen.add(name)
+                continue
+            number = 2
+            while f"{name}-{number}" in taken:
+                number += 1
+            experiment.name = f"{name}-{number}"
+            taken.add(experiment.name)
+            seen.add(experiment.name)
+            self._warnings.append(
+                f"experiments[{index}] ({name}).name: the name '{name}' is used twice; this "
+                f"experiment runs as '{experiment.name}' (give each experiment a unique name)")
+
+    @property
+    def warnings(self) -> list[str]:
+        """Things FMBench tolerates that the loader accepted (shown as warnings)."""
+        return list(self._warnings)
+
+    def add_warning(self, message: str) -> None:
+        self._warnings.append(message)
+
+    def fall_back_from_pricing(self, missing: str, warning: str) -> None:
+        """A custom pricing file that is not next to the config: the packaged table is used
+        (with ``warning``) unless FMBench's read dir has it (``use_pricing_file``)."""
+        self.pricing = None
+        self._missing_pricing = (missing, warning)
+        self._warnings.append(warning)
+
+    @property
+    def missing_pricing_file(self) -> str | None:
+        return self._missing_pricing[0] if self._missing_pricing else None
+
+    def use_pricing_file(self, path: str) -> None:
+        """The pricing file was found elsewhere (FMBench's read dir): no fallback, no warning."""
+        self.pricing = path
+        if self._missing_pricing:
+            self._warnings.remove(self._missing_pricing[1])
+            self._missing_pricing = None
+
+    def unproduced_payload_files(self, experiment: str) -> list[str]:
+        """Payload files of ``experiment`` no filter produces (FMBench skips them)."""
+        return list(self._unproduced.get(experiment, []))
+
+    def ignored_fmbench_keys(self) -> dict[str, list[str]]:
+        """FMBench keys given in the config that pytest-fmbench does not act on.
+
+        Keyed by section (``datasets``, ``datasets.filters[0]``, ``(top level)``) or by
+        experiment (``experiments[2] (name)``); only places with such keys appear.
+        """
+        found: dict[str, list[str]] = {}
+
+        def add(where: str, keys: list[str]) -> None:
+            if keys:
+                found.setdefault(where, []).extend(keys)
+
+        add("(top level)", self.unused_fmbench_keys)
+        for name in ("general", "aws", "datasets", "metrics", "report"):
+            add(name, getattr(self, name).unused_fmbench_keys)
+        for index, dataset_filter in enumerate(self.datasets.filters):
+            add(f"datasets.filters[{index}]", dataset_filter.unused_fmbench_keys)
+        for index, experiment in enumerate(self.experiments):
+            add(f"experiments[{index}] ({experiment.name})",
+                [*experiment.unused_fmbench_keys,
+                 *(f"inference_spec.{k}" for k in experiment.inference_spec.unused_fmbench_keys)])
+        return found
+
+    def tokenizer_model_ids(self) -> list[str]:
+        """Hub ids FMBench would count tokens with (hf_tokenizer_model_id, else an
+        'org/name' model_id), in experiment order, each once."""
+        found: dict[str, None] = {}
+        for experiment in self.experiments:
+            candidate = experiment.hf_tokenizer_model_id or experiment.model_id or ""
+            if re.fullmatch(r"[\w.\-]+/[\w.\-]+", candidate):
+                found.setdefault(candidate, None)
+        return list(found)
+
     def parameters_for(self, experiment: Experiment) -> dict[str, Any]:
+        """The experiment's parameter set (FMBench 1.x: the flat one), then inference_spec's."""
         name = experiment.inference_spec.parameter_set
-        return dict(self.inference_parameters.get(name, {})) if name else {}
+        if name is None and FLAT_PARAMETER_SET in self.inference_parameters:
+            name = FLAT_PARAMETER_SET
+        parameters = dict(self.inference_parameters.get(name, {})) if name else {}
+        parameters.update(experiment.inference_spec.parameters)
+        if parameters.get("truncate") == TRUNCATE_AT_PROMPT_LENGTH:
+            del parameters["truncate"]  # the whole prompt is sent: what the policy means
+        return parameters
 
     def load_for(self, experiment: Experiment) -> LoadSettings:
         fmbench = {

@@ -97,6 +97,7 @@ class PriceTable:
                               fix="use FMBench's format: pricing: {instance_based: {...}, token_based: {...}}")
         as_of = data.get("prices_as_of")
         body = data.get("pricing", data)
+        body = _flat_instance_prices(body)
         if not isinstance(body, Mapping):
             raise ConfigError("'pricing' must be a mapping", file=source, key="pricing",
                               fix="use FMBench's format: pricing: {instance_based: {...}, token_based: {...}}")
@@ -139,6 +140,30 @@ class PriceTable:
     def describe(self) -> str:
         date = f", prices as of {self.as_of}" if self.as_of else ""
         return " + ".join(self.sources) + date
+
+
+def _flat_instance_prices(body: Any) -> Any:
+    """FMBench's older inline form, ``pricing: {ml.g5.2xlarge: 1.515, ...}``: instance prices."""
+    if (isinstance(body, Mapping) and body
+            and not {"instance_based", "token_based", "prices_as_of"} & set(body)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in body.values())):
+        return {"instance_based": dict(body)}
+    return body
+
+
+def missing_pricing_file(config: Config) -> str | None:
+    """The config's ``pricing:`` file when it names a local file that does not exist (and is
+    not FMBench's bundled ``pricing.yml``, which the packaged table stands for)."""
+    pricing = config.pricing
+    if not isinstance(pricing, str) or not pricing.strip():
+        return None
+    text = pricing.strip()
+    if text.startswith(("s3://", "http://", "https://")):
+        return None
+    if Path(text).name == FMBENCH_DEFAULT_NAME and Path(text).parent == Path("."):
+        return None
+    folder = config.source_path.parent if config.source_path else Path.cwd()
+    return None if (folder / text).expanduser().is_file() else text
 
 
 def _amount(value: Any, source: str, key: str) -> float:
@@ -241,15 +266,18 @@ def resolve_price(config: Config, experiment: Experiment, table: PriceTable) -> 
         key=f"{where}.instance_type", fix=ADD_PRICE_FIX.format(key=instance_type))
 
 
-def experiment_prices(config: Config, table: PriceTable | None = None) -> dict[str, Price | None]:
-    """Every experiment's price (``ConfigError`` on the first unknown one)."""
+def experiment_prices(config: Config, table: PriceTable | None = None,
+                      experiments: Sequence[Experiment] | None = None) -> dict[str, Price | None]:
+    """The price of each experiment (all by default; ``ConfigError`` on the first unknown)."""
     table = table if table is not None else load_price_table(config)
-    return {experiment.name: resolve_price(config, experiment, table) for experiment in config.experiments}
+    chosen = config.experiments if experiments is None else experiments
+    return {experiment.name: resolve_price(config, experiment, table) for experiment in chosen}
 
 
-def check_prices(config: Config) -> dict[str, Price | None]:
-    """The configure-time check: every needed price is known, before anything is deployed."""
-    return experiment_prices(config)
+def check_prices(config: Config, experiments: Sequence[Experiment] | None = None
+                 ) -> dict[str, Price | None]:
+    """Every needed price is known, before anything is deployed (the selected experiments)."""
+    return experiment_prices(config, experiments=experiments)
 
 
 # -- the AWS Pricing API (on request only) --------------------------------------------------------

@@ -342,7 +342,7 @@ def use_read_dir_pricing(config: Config, read_dir: Path | None) -> Path | None:
     the local read dir is looked at (no network before the run). A file next to the config
     wins, as before. Returns the file used, or None.
     """
-    pricing = config.pricing
+    pricing = config.pricing if config.pricing is not None else config.missing_pricing_file
     local = read_dir or configured_read_dir(config.s3_read_data)
     if not isinstance(pricing, str) or local is None or "://" in pricing:
         return None
@@ -353,5 +353,5 @@ def use_read_dir_pricing(config: Config, read_dir: Path | None) -> Path | None:
     candidate = local / section.configs_prefix / pricing
     if not candidate.is_file():
         return None
-    config.pricing = str(candidate.resolve())
+    config.use_pricing_file(str(candidate.resolve()))
     return candidate

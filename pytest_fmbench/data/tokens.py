@@ -107,6 +107,23 @@ def load_token_counter(spec: str | os.PathLike[str] | None, *,
         return WordEstimateCounter()
 
 
+def cached_tokenizer_file(model_id: str, cache_dir: Path | None = None) -> Path | None:
+    """The ``tokenizer.json`` of a hub model in the local Hugging Face cache, or None.
+
+    Never touches the network: FMBench configs name their model's tokenizer
+    (``hf_tokenizer_model_id``), and a benchmark must not download one unasked.
+    """
+    try:
+        from huggingface_hub import try_to_load_from_cache  # optional: with transformers
+    except ImportError:
+        return None
+    try:
+        found = try_to_load_from_cache(model_id, TOKENIZER_FILE, cache_dir=cache_dir)
+    except Exception:  # noqa: BLE001 - an odd id is simply "not cached"
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
 def _load_tokenizer(spec: str) -> TokenCounter:
     path = Path(spec).expanduser()
     if path.is_file():

@@ -133,8 +133,9 @@ class OpenAIEndpoint(StopsOrphanedServer):
                 fix=f"export {settings.api_key_env}=<your API key>")
         try:
             parse_headers(settings.headers)
+            parse_headers(experiment.inference_spec.headers)
         except ValueError as exc:
-            raise ConfigError(str(exc), key=_key(experiment, "openai.headers"),
+            raise ConfigError(str(exc), key=_key(experiment, "openai.headers / inference_spec.headers"),
                               fix="one line per header value, names without spaces or colons"
                               ) from None
         if settings.api_key_env and any(c in os.environ[settings.api_key_env] for c in "\r\n"):
@@ -184,7 +185,8 @@ class OpenAIEndpoint(StopsOrphanedServer):
         return key
 
     def client(self) -> EndpointClient:
-        headers = dict(self.settings.headers)
+        # FMBench's REST predictors send inference_spec.headers; ours (openai.headers) win.
+        headers = {**self.experiment.inference_spec.headers, **self.settings.headers}
         key = self._api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"

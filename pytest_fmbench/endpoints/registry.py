@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -59,14 +59,15 @@ def backend_factory(name: str) -> EndpointFactory:
     return factory  # type: ignore[no-any-return]
 
 
-def preflight(config: Config) -> None:
+def preflight(config: Config, experiments: Sequence[Experiment] | None = None) -> None:
     """Checks each backend can make before anything is deployed (raise ``ConfigError``).
 
     A backend's factory may define ``preflight(config, experiment)``: missing region or
-    credentials, an unknown instance price, a missing role. Run at configure time, so a
-    mistake costs no money and ends as one usage error.
+    credentials, an unknown instance price, a missing role. Run for the selected
+    experiments (all by default) once cases are selected (``selection.check_selected``),
+    so a mistake costs no money and ends as one usage error, and collecting needs none.
     """
-    for experiment in config.experiments:
+    for experiment in config.experiments if experiments is None else experiments:
         factory = backend_factory(experiment.resolved_backend or "")
         check = getattr(factory, "preflight", None)
         if check is not None:

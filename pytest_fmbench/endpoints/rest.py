@@ -38,10 +38,6 @@ def style_of(experiment: Experiment) -> str:
     return STYLES.get(predictor_file(experiment.inference_script), CUSTOM)
 
 
-def _spec(experiment: Experiment) -> dict[str, Any]:
-    return dict(experiment.inference_spec.model_extra or {})
-
-
 class RestEndpoint:
     def __init__(self, config: Config, experiment: Experiment, context: EndpointContext) -> None:
         self.name = experiment.name
@@ -49,9 +45,8 @@ class RestEndpoint:
         self.context = context
         self.style = style_of(experiment)
         self.url = str(experiment.ep_name or "")
-        spec = _spec(experiment)
-        self.headers = {str(k): str(v) for k, v in (spec.get("headers") or {}).items()}
-        self.model_id = spec.get("model_id")
+        self.headers = dict(experiment.inference_spec.headers)
+        self.model_id = experiment.inference_spec.model_id
         self.parameters = config.parameters_for(experiment)
         self.timeout_s = config.load_for(experiment).request_timeout_s or 120.0
 

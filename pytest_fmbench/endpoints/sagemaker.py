@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import re
 import time
 from collections.abc import Callable
@@ -41,6 +40,8 @@ from pytest_fmbench.endpoints.sagemaker_formats import (
     format_names,
     get_format,
     guess_format,
+    request_body,
+    with_stop_token,
 )
 from pytest_fmbench.errors import ConfigError, EndpointError
 
@@ -91,7 +92,8 @@ class SageMakerEndpoint:
         self.stream = experiment.inference_spec.stream
         self.format_name = format_name(experiment)
         try:
-            self.format: PayloadFormat = get_format(self.format_name)
+            self.format: PayloadFormat = with_stop_token(get_format(self.format_name),
+                                                         experiment.inference_spec.stop_token)
         except KeyError:
             raise _unknown_format(experiment, self.format_name) from None
         if experiment.deploy:
@@ -456,10 +458,14 @@ class SageMakerEndpoint:
                                   timeout_s=self.timeout_s, retry=self.settings.retry)
 
     def _invoke(self, request: InferenceRequest) -> InferenceResult:
+        body, arguments = request_body(
+            self.format, request, stream=self.stream,
+            split_input_and_parameters=self.experiment.inference_spec.split_input_and_parameters)
         kwargs: dict[str, Any] = {
             "EndpointName": self.endpoint_name,
-            "Body": json.dumps(self.format.body(request, stream=self.stream)).encode(),
+            "Body": body,
             "ContentType": "application/json",
+            **arguments,
         }
         if self.settings.target_variant:
             kwargs["TargetVariant"] = self.settings.target_variant

@@ -274,3 +274,73 @@ class MessagesFormat:
 register_format("tgi", TgiFormat)
 register_format("lmi", LmiFormat)
 register_format("messages", MessagesFormat)
+
+
+# -- FMBench's inference_spec on top of a format --------------------------------------------
+
+# invoke_endpoint arguments FMBench's split_input_and_parameters passes from the parameters.
+INVOKE_ARGUMENTS = ("ContentType", "Accept", "CustomAttributes", "TargetModel", "InferenceId")
+
+
+def request_body(fmt: PayloadFormat, request: InferenceRequest, *, stream: bool,
+                 split_input_and_parameters: bool = False) -> tuple[bytes, dict[str, str]]:
+    """The invoke_endpoint body and extra arguments of one request.
+
+    FMBench's ``split_input_and_parameters: yes`` (its BERT-style configs) sends the prompt
+    alone as JSON text and the parameters as invoke_endpoint arguments (``ContentType``,
+    ``Accept``); parameters that are not arguments are not sent, as in FMBench.
+    """
+    if not split_input_and_parameters:
+        return json.dumps(fmt.body(request, stream=stream)).encode(), {}
+    arguments = {key: str(request.parameters[key]) for key in INVOKE_ARGUMENTS
+                 if key in request.parameters}
+    return json.dumps(request.prompt).encode(), arguments
+
+
+def with_stop_token(fmt: PayloadFormat, stop_token: str | None) -> PayloadFormat:
+    """``fmt`` reading replies as FMBench does with ``inference_spec.stop_token``: the reply
+    ends at the stop token, which is not content (no TTFT/ITL event, not in the text)."""
+    return fmt if not stop_token else _StopTokenFormat(fmt, stop_token)
+
+
+def _before_stop(text: str, stop_token: str) -> str:
+    return text.split(stop_token, 1)[0]
+
+
+class _StopTokenFormat:
+    def __init__(self, inner: PayloadFormat, stop_token: str) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.stop_token = stop_token
+
+    def body(self, request: InferenceRequest, *, stream: bool) -> dict[str, Any]:
+        return self.inner.body(request, stream=stream)
+
+    def parse(self, data: bytes) -> Completion:
+        completion = self.inner.parse(data)
+        completion.text = _before_stop(completion.text, self.stop_token)
+        return completion
+
+    def decoder(self) -> StreamDecoder:
+        return _StopTokenDecoder(self.inner.decoder(), self.stop_token)
+
+
+class _StopTokenDecoder:
+    def __init__(self, inner: StreamDecoder, stop_token: str) -> None:
+        self.inner = inner
+        self.stop_token = stop_token
+        self.stopped = False
+
+    def feed(self, data: bytes) -> list[str]:
+        pieces = []
+        for piece in self.inner.feed(data):
+            if self.stopped or piece.strip() == self.stop_token:
+                self.stopped = True
+                continue
+            pieces.append(piece)
+        return pieces
+
+    def finish(self) -> Completion:
+        completion = self.inner.finish()
+        completion.text = _before_stop(completion.text, self.stop_token)
+        return completion

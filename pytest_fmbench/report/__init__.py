@@ -228,7 +228,8 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
     def write_markdown() -> Path:
         text = markdown.render(meta=meta, metrics=metrics, costs=analysis.costs, gate=verdict, budgets=budgets,
                                plots=[p.name for p in drawn], config_used=config_used, prices=prices,
-                               glossary=glossary(), errors=errors)
+                               glossary=glossary(), errors=errors,
+                               compatibility=markdown.compatibility_notes(config))
         temporary = report_path.with_name(report_path.name + ".tmp")
         temporary.write_text(text, encoding="utf-8")
         temporary.replace(report_path)

@@ -11,6 +11,7 @@ import yaml
 
 from pytest_fmbench.budgets import BudgetSet, GateResult, format_value
 from pytest_fmbench.cases import payload_stem
+from pytest_fmbench.config.model import Config
 from pytest_fmbench.metrics import METRICS
 from pytest_fmbench.report.plots import PLOTS
 
@@ -80,6 +81,7 @@ def render(
     prices: Mapping[str, Any],
     glossary: str,
     errors: Sequence[str] = (),
+    compatibility: Sequence[str] = (),
 ) -> str:
     out: list[str] = []
     name = meta.get("name") or "benchmark"
@@ -112,6 +114,9 @@ def render(
                                                 "none (no instance type or price_per_hour): costs undefined"]
                                                for e, p in prices.items()]))
     out.append("")
+    if compatibility:
+        out.append("## FMBench compatibility\n")
+        out += [*compatibility, ""]
     out.append("## Glossary\n")
     out.append(glossary.strip() + "\n")
     out.append("## Config used (secrets redacted)\n")
@@ -282,3 +287,17 @@ def _client(metrics: pd.DataFrame) -> list[str]:
                           "worst loop lag"], rows, "lllrr"))
         out.append("")
     return out
+
+
+def compatibility_notes(config: Config) -> list[str]:
+    """What differs from FMBench for this config: warnings, and FMBench keys not acted on.
+
+    Shared by report.md and the terminal summary, so a user sees in both what changes in
+    behaviour against FMBench (nothing given in the config is silently dropped).
+    """
+    lines = [f"- warning: {warning}" for warning in config.warnings]
+    ignored = config.ignored_fmbench_keys()
+    if ignored:
+        lines.append("- FMBench keys pytest-fmbench does not act on (accepted, not used):")
+        lines += [f"  - {where}: {', '.join(keys)}" for where, keys in ignored.items()]
+    return lines

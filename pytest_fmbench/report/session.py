@@ -29,7 +29,7 @@ from pytest_fmbench.budgets import (
     case_violations as _violations,
 )
 from pytest_fmbench.cases import payload_stem
-from pytest_fmbench.config.model import Config
+from pytest_fmbench.config.model import Config, Experiment
 from pytest_fmbench.config.pricing import Price, check_prices
 from pytest_fmbench.errors import ConfigError
 from pytest_fmbench.load.records import RequestRecord
@@ -51,15 +51,20 @@ class ReportSettings:
     thresholds: list[Threshold] = dataclasses.field(default_factory=list)
 
 
-def prepare(config: Config, cli_budgets: Sequence[str] = (), mode: str | None = None) -> ReportSettings:
-    """Prices and budgets of a run, checked before anything is deployed."""
+def prepare(config: Config, cli_budgets: Sequence[str] = (), mode: str | None = None,
+            experiments: Sequence[Experiment] | None = None) -> ReportSettings:
+    """Prices (of ``experiments``, all by default) and budgets, checked before deploying.
+
+    The plugin passes no experiments at configure time (budgets only, no price lookups) and
+    prices the selected ones later (``selection.check_selected``).
+    """
     mode = mode or "best"
     if mode not in GATE_MODES:
         raise ConfigError(f"unknown gate mode '{mode}'", key="--fmbench-gate",
                           fix=f"use one of: {', '.join(GATE_MODES)}")
-    prices = check_prices(config)
+    prices = check_prices(config, experiments)
     budgets = budget_set(config, cli_budgets)
-    require_prices(config, budgets, prices)
+    require_prices(config, budgets, prices, experiments)
     return ReportSettings(prices, budgets, mode)  # type: ignore[arg-type]
 
 
@@ -102,6 +107,12 @@ def finish(results_dir: Path, config: Config, settings: ReportSettings,
     """
     outcome = _finish(results_dir, config, settings, meta)
     extra: list[str] = [f"STOPPED: {reason}" for reason in dict.fromkeys(stopped)]
+    if outcome.ran:
+        from pytest_fmbench.report.markdown import compatibility_notes
+
+        notes = compatibility_notes(config)
+        # The report already has them in its own section: the terminal gets them here.
+        outcome.lines[-1:-1] = ["", "FMBench compatibility:", *(f"  {n}" for n in notes)] if notes else []
     if missing_cases:
         outcome.passed = False
         extra += [f"missing cases ({len(missing_cases)}): not measured to the end",
