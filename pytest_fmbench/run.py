@@ -29,6 +29,7 @@ from pytest_fmbench.load.columnar import ColumnarRecordWriter
 from pytest_fmbench.load.engine import RecordContext, plan_load, run_in_loop, run_load
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.load.summary import case_summary
+from pytest_fmbench.safety.net import SafetyNet
 
 
 def new_run_id() -> str:
@@ -56,7 +57,8 @@ class CaseResult:
 
 class BenchmarkRun:
     def __init__(self, config: Config, *, run_id: str, results_dir: Path, worker: str = "",
-                 payload_dir: Path | None = None, log: Callable[[str], None] = print) -> None:
+                 payload_dir: Path | None = None, log: Callable[[str], None] = print,
+                 safety: SafetyNet | None = None) -> None:
         self.config = config
         # Payload files outlive a run so the next run with unchanged inputs reuses them.
         self.payload_dir = payload_dir or results_dir / "payloads"
@@ -65,11 +67,16 @@ class BenchmarkRun:
         self.worker = worker
         self.log = log
         suffix = f"-{worker}" if worker else ""
+        # The journal of intent (and, when the plugin passes one, the reaper connection).
+        self.safety = safety or SafetyNet(run_id, results_dir, worker=worker, enabled=False,
+                                          log=log)
+        # What crashed workers left that the controller could not delete.
+        self.orphans_left: list[dict[str, Any]] = []
         # JSON lines (the record of truth) plus an Arrow copy per case, for fast reports.
         self.records = ColumnarRecordWriter(results_dir / f"records{suffix}.jsonl")
         self.endpoints = EndpointManager(
             self._create_endpoint, results_dir / f"endpoints{suffix}.jsonl",
-            warmup=self._warmup, log=log,
+            warmup=self._warmup, log=log, journal=self.safety.journal,
         )
         self._counter: TokenCounter | None = None
         self._payload_paths: dict[str, Path] | None = None
@@ -218,41 +225,99 @@ class BenchmarkRun:
         finally:
             self.records.close()
 
+    def left_running(self) -> list[dict[str, Any]]:
+        """Everything of this run that may still be running (and billing), each with the
+        command that deletes it: failed teardowns here, and a crashed worker's leftovers."""
+        from pytest_fmbench.safety.reap import delete_commands, describe_plan
 
-def cleanup_orphans(run: BenchmarkRun) -> list[str]:
-    """Controller: tear down what crashed xdist workers deployed and never tore down.
+        items = [{"experiment": left.experiment, "error": left.error, "plan": left.plan,
+                  "description": left.description}
+                 for left in self.endpoints.left_running.values()] + list(self.orphans_left)
+        out = []
+        for item in items:
+            plan = item.get("plan") or {}
+            description = item.get("description") or {}
+            out.append({
+                "experiment": item["experiment"],
+                "error": item["error"],
+                "resources": describe_plan(plan) if plan else str(description),
+                "commands": (delete_commands(plan, self.run_id, str(self.results_dir)) if plan
+                             else [f"python -m pytest_fmbench sweep --run-id {self.run_id} "
+                                   f"--results-dir {self.results_dir}"]),
+            })
+        return out
 
-    A backend opts in with a ``cleanup_orphan(config, experiment, context, description)``
-    classmethod that deletes from the description its endpoint logged at deploy time.
+
+def cleanup_orphans(run: BenchmarkRun, worker: str | None = None) -> list[str]:
+    """Controller: tear down what a dead xdist worker deployed and never tore down.
+
+    ``worker``: that worker's id (``pytest_testnodedown``); None: every worker (session end).
+    First the worker's journal: every intent without a teardown is reaped from its plan
+    (also a deploy still in progress when the worker died). Then, for experiments of
+    backends without a plan, the backend's ``cleanup_orphan`` (``SupportsOrphanCleanup``)
+    with the description its endpoint logged at deploy. What cannot be deleted is added to
+    ``run.orphans_left`` (reported like a failed teardown).
     """
+    from pytest_fmbench.endpoints.base import SupportsOrphanCleanup
     from pytest_fmbench.endpoints.lifecycle import (
         orphaned_deploys,
         read_endpoint_events,
         record_teardown,
     )
     from pytest_fmbench.endpoints.registry import backend_factory
+    from pytest_fmbench.safety.journal import open_entries_in
+    from pytest_fmbench.safety.reap import ReapFailed, reap_plan
 
-    done = []
-    for path in sorted(run.results_dir.glob("endpoints-*.jsonl")):
+    done: list[str] = []
+    covered: set[tuple[str, str]] = set()
+    for entry in open_entries_in(run.results_dir):
+        owner = str(entry.get("worker") or "")
+        if not owner or (worker is not None and owner != worker):
+            continue  # the controller's own entries are its teardown's business
+        name, plan = str(entry.get("experiment")), entry.get("plan") or {}
+        covered.add((owner, name))
+        start = clock_now()
+        error = ""
+        try:
+            deleted = reap_plan(plan, log=run.log)
+            run.log(f"[fmbench] tore down the endpoint of '{name}' left by crashed worker "
+                    f"{owner}: {', '.join(deleted) or 'nothing was left'}")
+            run.safety.journal.torn_down(str(entry["id"]))
+        except (ReapFailed, Exception) as exc:  # noqa: BLE001 - report it and go on
+            error = f"{type(exc).__name__}: {exc}"
+            run.log(f"[fmbench] WARNING: could not tear down '{name}' left by crashed worker "
+                    f"{owner}: {error}")
+            run.orphans_left.append({"experiment": name, "error": error, "plan": plan})
+        record_teardown(run.results_dir / "endpoints.jsonl", name, start, error, {"plan": plan})
+        done.append(name)
+    pattern = f"endpoints-{worker}.jsonl" if worker else "endpoints-*.jsonl"
+    for path in sorted(run.results_dir.glob(pattern)):
+        owner = path.stem.removeprefix("endpoints-")
         for event in orphaned_deploys(read_endpoint_events(path)):
             name, description = event["experiment"], event.get("endpoint") or {}
+            if (owner, name) in covered or name in done:
+                continue
             experiment = run.config.experiment(name)
             factory = backend_factory(experiment.resolved_backend or "")
-            cleanup = getattr(factory, "cleanup_orphan", None)
-            if cleanup is None:
+            if not isinstance(factory, SupportsOrphanCleanup):
                 run.log(f"[fmbench] WARNING: the endpoint of '{name}' was deployed by a worker "
                         f"that died and may still be running: {description}")
+                run.orphans_left.append({"experiment": name, "error": "no orphan cleanup for "
+                                         "its backend", "description": description})
                 continue
             start = clock_now()
             error = ""
             try:
-                cleanup(run.config, experiment, EndpointContext(run.run_id, run.results_dir, run.log),
-                        description)
+                factory.cleanup_orphan(run.config, experiment,
+                                       EndpointContext(run.run_id, run.results_dir, run.log),
+                                       description)
                 run.log(f"[fmbench] tore down the endpoint of '{name}' left by a crashed worker")
             except Exception as exc:  # noqa: BLE001 - report it and keep cleaning up
                 error = f"{type(exc).__name__}: {exc}"
                 run.log(f"[fmbench] WARNING: could not tear down '{name}' left by a crashed "
                         f"worker: {error}")
+                run.orphans_left.append({"experiment": name, "error": error,
+                                         "description": description})
             record_teardown(run.results_dir / "endpoints.jsonl", name, start, error, description)
             done.append(name)
     return done

@@ -100,6 +100,11 @@ class Journal:
         entry = self._open.get(entry_id)
         return dict(entry["plan"]) if entry else None
 
+    def connect_now(self) -> None:
+        """Open the reaper connection before the first line (the controller's lifeline)."""
+        with self._lock:
+            self._reaper_connection()
+
     def close(self, *, done: bool = True) -> None:
         """``done``: a normal end; the reaper then reaps nothing of this process."""
         with self._lock:
