@@ -30,6 +30,7 @@ from pytest_fmbench.report.session import (
     prepare,
 )
 from pytest_fmbench.run import BenchmarkRun, CaseResult, cleanup_orphans, new_run_id
+from pytest_fmbench.safety.net import DISABLE_ENV, SafetyNet
 
 RUN_KEY = pytest.StashKey[BenchmarkRun]()
 CASES_KEY = pytest.StashKey[list[Case]]()
@@ -140,7 +141,8 @@ def pytest_configure(config: pytest.Config) -> None:
     payload_dir = Path(workerinput.get("fmbench_payload_dir") or payload_dir)
     run = BenchmarkRun(bench_config, run_id=run_id, results_dir=results_dir,
                        payload_dir=payload_dir, worker=workerinput.get("workerid", ""),
-                       log=_logger(config))
+                       log=_logger(config),
+                       safety=_safety_net(run_id, results_dir, workerinput, _logger(config)))
     config.stash[RUN_KEY] = run
     config.stash[CASES_KEY] = cases
     config.stash[REPORT_SETTINGS_KEY] = report_settings
@@ -149,6 +151,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(run), "fmbench-xdist")
     _install_sigterm(config)
+
+
+def _safety_net(run_id: str, results_dir: Path, workerinput: dict[str, Any],
+                log: Callable[[str], None]) -> SafetyNet:
+    """The journal and reaper connection of this process (a worker gets the controller's)."""
+    address, token = SafetyNet.address_from(workerinput)
+    return SafetyNet(run_id, results_dir, worker=workerinput.get("workerid", ""),
+                     reaper_address=address, reaper_token=token,
+                     enabled=os.environ.get(DISABLE_ENV) != "1", log=log)
 
 
 def _prepare_comparison(config: pytest.Config, settings: ReportSettings, name: str,
@@ -209,6 +220,17 @@ class XdistHooks:
         node.workerinput["fmbench_run_id"] = self.run.run_id
         node.workerinput["fmbench_results_dir"] = str(self.run.results_dir)
         node.workerinput["fmbench_payload_dir"] = str(self.run.payload_dir)
+        # Workers journal to the controller's reaper (started here, before any deploy).
+        node.workerinput.update(self.run.safety.workerinput())
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """A crashed worker's endpoints are deleted now, not at session end."""
+        worker = str(getattr(node, "workerinput", {}).get("workerid") or node.gateway.id)
+        left = getattr(node, "workeroutput", {}).get("fmbench_left_running")
+        if left:
+            self.run.workers_left.extend(left)
+        if error:
+            self.run.start_orphan_cleanup(worker)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -289,12 +311,43 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if run is None:
         return
     run.close()
-    if not hasattr(session.config, "workerinput"):
-        # Endpoints of crashed workers were never torn down by them: do it here.
-        cleanup_orphans(run)
-    if not hasattr(session.config, "workerinput") and run.results_dir.exists():
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["fmbench_left_running"] = run.left_running()
+        run.safety.close(done=True)
+        return
+    # Endpoints of crashed workers were never torn down by them: those not already done
+    # when the worker went down are done here.
+    run.wait_orphan_cleanups()
+    cleanup_orphans(run)
+    if run.results_dir.exists():
         run.write_metadata({"args": list(session.config.invocation_params.args)})
         _finish_report(session, run)
+    _fail_if_left_running(session, run)
+    run.safety.close(done=True)
+
+
+def _fail_if_left_running(session: pytest.Session, run: BenchmarkRun) -> None:
+    """Anything still running fails the run (exit 1), also without a report."""
+    left = run.left_running()
+    if not left:
+        return
+    if session.config.stash.get(SESSION_REPORT_KEY, None) is None:
+        from pytest_fmbench.report.session import mark_left_running
+
+        outcome = SessionReport(passed=False, ran=False)
+        mark_left_running(outcome, run.results_dir, left)
+        session.config.stash[SESSION_REPORT_KEY] = outcome
+        _write_step_summary(outcome)
+    if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _write_step_summary(outcome: SessionReport) -> None:
+    try:
+        write_step_summary(outcome)
+    except OSError as exc:  # never INTERNALERROR at session end
+        outcome.lines.append(f"could not write the CI step summary: {exc}")
 
 
 def _finish_report(session: pytest.Session, run: BenchmarkRun) -> None:
@@ -304,16 +357,17 @@ def _finish_report(session: pytest.Session, run: BenchmarkRun) -> None:
         return
     controller = session.config.pluginmanager.get_plugin(CONTROLLER)
     missing = controller.missing if controller is not None else []
-    outcome = finish(run.results_dir, run.config, settings, missing_cases=missing)
+    outcome = finish(run.results_dir, run.config, settings, missing_cases=missing,
+                     left_running=run.left_running())
     session.config.stash[SESSION_REPORT_KEY] = outcome
-    write_step_summary(outcome)
+    _write_step_summary(outcome)
     if not outcome.passed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     outcome = config.stash.get(SESSION_REPORT_KEY, None)
-    if outcome is None or not outcome.ran and not outcome.error:
+    if outcome is None or not outcome.ran and not outcome.error and not outcome.left_running:
         return
     try:
         terminalreporter.write_sep("=", "pytest-fmbench", red=not outcome.passed, green=outcome.passed)
@@ -327,6 +381,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(RUN_KEY, None)
     if run is not None:
         run.close()
+        run.safety.close(done=True)
     previous = config.stash.get(SIGTERM_KEY, None)
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)

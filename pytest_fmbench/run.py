@@ -10,6 +10,7 @@ import dataclasses
 import json
 import platform
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,9 @@ class BenchmarkRun:
                                           log=log)
         # What crashed workers left that the controller could not delete.
         self.orphans_left: list[dict[str, Any]] = []
+        # What workers reported as left running (their ``left_running()``, via workeroutput).
+        self.workers_left: list[dict[str, Any]] = []
+        self._cleanups: list[threading.Thread] = []
         # JSON lines (the record of truth) plus an Arrow copy per case, for fast reports.
         self.records = ColumnarRecordWriter(results_dir / f"records{suffix}.jsonl")
         self.endpoints = EndpointManager(
@@ -225,6 +229,19 @@ class BenchmarkRun:
         finally:
             self.records.close()
 
+    def start_orphan_cleanup(self, worker: str) -> None:
+        """Controller: a worker went down: delete what it left, now (in the background, so
+        xdist's loop keeps serving the other workers while an endpoint leaves Creating)."""
+        thread = threading.Thread(target=cleanup_orphans, args=(self, worker), daemon=True,
+                                  name=f"fmbench-orphans-{worker}")
+        thread.start()
+        self._cleanups.append(thread)
+
+    def wait_orphan_cleanups(self) -> None:
+        for thread in self._cleanups:
+            thread.join()
+        self._cleanups.clear()
+
     def left_running(self) -> list[dict[str, Any]]:
         """Everything of this run that may still be running (and billing), each with the
         command that deletes it: failed teardowns here, and a crashed worker's leftovers."""
@@ -245,7 +262,7 @@ class BenchmarkRun:
                              else [f"python -m pytest_fmbench sweep --run-id {self.run_id} "
                                    f"--results-dir {self.results_dir}"]),
             })
-        return out
+        return out + list(self.workers_left)
 
 
 def cleanup_orphans(run: BenchmarkRun, worker: str | None = None) -> list[str]:
