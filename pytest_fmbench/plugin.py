@@ -73,7 +73,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--fmbench-compare-fail", dest="fmbench_compare_fail", action="append",
                     default=[], metavar="METRIC:+N%", help="fail on a regression against "
                     "--fmbench-compare, e.g. latency_p95:+10%,tpm:-10% (repeatable).")
+    group.addoption("--fmbench-teardown-timeout", dest="fmbench_teardown_timeout",
+                    metavar="SECONDS", default=None, help="how long a failing teardown is "
+                    "retried before the run fails naming what is left running (default 600). "
+                    "Env: FMBENCH_TEARDOWN_TIMEOUT; ini: fmbench_teardown_timeout.")
     parser.addini("fmbench_config", "benchmark config file (FMBench-compatible YAML)")
+    parser.addini("fmbench_teardown_timeout", "seconds a failing teardown is retried")
     parser.addini("fmbench_gate", "budget gate mode: best or every")
     parser.addini("fmbench_results_dir", "directory for records and the report")
 
@@ -142,7 +147,8 @@ def pytest_configure(config: pytest.Config) -> None:
     run = BenchmarkRun(bench_config, run_id=run_id, results_dir=results_dir,
                        payload_dir=payload_dir, worker=workerinput.get("workerid", ""),
                        log=_logger(config),
-                       safety=_safety_net(run_id, results_dir, workerinput, _logger(config)))
+                       safety=_safety_net(run_id, results_dir, workerinput, _logger(config)),
+                       teardown_deadline_s=_teardown_timeout(config))
     config.stash[RUN_KEY] = run
     config.stash[CASES_KEY] = cases
     config.stash[REPORT_SETTINGS_KEY] = report_settings
@@ -151,6 +157,18 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(run), "fmbench-xdist")
     _install_sigterm(config)
+
+
+def _teardown_timeout(config: pytest.Config) -> float:
+    raw = _setting(config, "fmbench_teardown_timeout", "FMBENCH_TEARDOWN_TIMEOUT")
+    try:
+        value = float(raw) if raw else 600.0
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise pytest.UsageError(f"--fmbench-teardown-timeout expects seconds, got '{raw}'\n"
+                                "  fix: e.g. --fmbench-teardown-timeout=600")
+    return value
 
 
 def _safety_net(run_id: str, results_dir: Path, workerinput: dict[str, Any],

@@ -59,7 +59,7 @@ class CaseResult:
 class BenchmarkRun:
     def __init__(self, config: Config, *, run_id: str, results_dir: Path, worker: str = "",
                  payload_dir: Path | None = None, log: Callable[[str], None] = print,
-                 safety: SafetyNet | None = None) -> None:
+                 safety: SafetyNet | None = None, teardown_deadline_s: float = 600.0) -> None:
         self.config = config
         # Payload files outlive a run so the next run with unchanged inputs reuses them.
         self.payload_dir = payload_dir or results_dir / "payloads"
@@ -81,6 +81,7 @@ class BenchmarkRun:
         self.endpoints = EndpointManager(
             self._create_endpoint, results_dir / f"endpoints{suffix}.jsonl",
             warmup=self._warmup, log=log, journal=self.safety.journal,
+            teardown_deadline_s=teardown_deadline_s,
         )
         self._counter: TokenCounter | None = None
         self._payload_paths: dict[str, Path] | None = None
@@ -251,6 +252,7 @@ class BenchmarkRun:
                   "description": left.description}
                  for left in self.endpoints.left_running.values()] + list(self.orphans_left)
         out = []
+        sweep = f"python -m pytest_fmbench sweep --run-id {self.run_id} --results-dir {self.results_dir}"
         for item in items:
             plan = item.get("plan") or {}
             description = item.get("description") or {}
@@ -259,8 +261,7 @@ class BenchmarkRun:
                 "error": item["error"],
                 "resources": describe_plan(plan) if plan else str(description),
                 "commands": (delete_commands(plan, self.run_id, str(self.results_dir)) if plan
-                             else [f"python -m pytest_fmbench sweep --run-id {self.run_id} "
-                                   f"--results-dir {self.results_dir}"]),
+                             else [sweep]),
             })
         return out + list(self.workers_left)
 

@@ -123,8 +123,8 @@ def left_running_lines(items: Sequence[dict[str, Any]]) -> list[str]:
     """The block naming each resource still running and the command that deletes it."""
     if not items:
         return []
-    lines = [f"ENDPOINT STILL RUNNING ({len(items)}): teardown failed, it may still be billing;"
-             " delete it with:"]
+    head = f"ENDPOINT STILL RUNNING ({len(items)}): teardown failed, it may still be billing;"
+    lines = [head + " delete it with:"]
     for item in items:
         lines.append(f"  {item['experiment']}: {item['resources']}")
         lines.append(f"    error: {item['error']}")

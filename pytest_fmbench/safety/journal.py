@@ -82,7 +82,8 @@ class Journal:
         """Journal a plan before it is carried out; returns the entry id."""
         entry_id = f"{self.run_id}/{self.worker or 'main'}/{experiment}/{secrets.token_hex(3)}"
         line = {"op": "intent", "id": entry_id, "run_id": self.run_id, "worker": self.worker,
-                "experiment": experiment, "plan": plan, "time": time.time()}
+                "experiment": experiment, "plan": plan, "time": time.time(),
+                "pid": os.getpid()}
         self._open[entry_id] = line
         self._write(line)
         return entry_id

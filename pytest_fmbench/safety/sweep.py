@@ -164,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"sweep: {exc}", file=sys.stderr)
         return 2
-    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr)
     leftovers: list[Leftover] = []
     sm: Any = None
     region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
