@@ -144,8 +144,9 @@ def test_sigkill_while_creating_leaves_nothing(
     # It waited for Creating to end instead of failing on the refused delete.
     assert "is Creating: waiting to delete it" in log or \
         control.errors("DeleteEndpoint").count("ValidationException") >= 1
-    reaped = rows(pytester.path / "out" / "journal-reaper.jsonl")
-    assert [(r["op"], r["by"]) for r in reaped] == [("torn_down", "reaper")]
+    reaper_journal = pytester.path / "out" / "journal-reaper.jsonl"
+    wait_until(lambda: rows(reaper_journal), 10, "the reaper's journal line")
+    assert [(r["op"], r["by"]) for r in rows(reaper_journal)] == [("torn_down", "reaper")]
 
 
 def test_sigkill_mid_case_leaves_nothing(
