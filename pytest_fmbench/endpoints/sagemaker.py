@@ -59,6 +59,8 @@ _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9]+")
 _TAG_UNSAFE = re.compile(r"[^\w\s.:/=+\-@]+")
 # Resource kinds in creation order; teardown goes in reverse.
 KINDS = ("model", "endpoint-config", "endpoint")
+# How long a delete waits for an endpoint to leave Creating (the service can take an hour).
+DELETE_WAIT_S = 3900.0
 _FAILED_STATES = ("Failed", "OutOfService", "Deleting", "RollingBack", "UpdateRollbackFailed")
 
 
@@ -433,9 +435,11 @@ class SageMakerEndpoint:
 
     def _delete(self, sm: Any, kind: str, name: str, errors: list[str]) -> bool:
         """Delete one resource, waiting out Creating/Updating and retrying transient errors
-        (up to ``deploy_timeout_s``: a broken endpoint can sit in Creating that long)."""
+        (a broken endpoint can sit in Creating for about an hour, also after our deploy
+        timeout gave up on it)."""
         try:
-            cleanup.delete(sm, kind, name, deadline_s=self.settings.deploy_timeout_s,
+            cleanup.delete(sm, kind, name,
+                           deadline_s=max(self.settings.deploy_timeout_s, DELETE_WAIT_S),
                            poll_s=self.settings.poll_interval_s, log=self.context.log)
         except cleanup.DeleteFailed as exc:
             errors.append(str(exc))
