@@ -258,6 +258,7 @@ class BenchmarkRun:
             description = item.get("description") or {}
             out.append({
                 "experiment": item["experiment"],
+                "worker": self.worker,
                 "error": item["error"],
                 "resources": describe_plan(plan) if plan else str(description),
                 "commands": (delete_commands(plan, self.run_id, str(self.results_dir)) if plan
@@ -288,10 +289,14 @@ def cleanup_orphans(run: BenchmarkRun, worker: str | None = None) -> list[str]:
 
     done: list[str] = []
     covered: set[tuple[str, str]] = set()
+    # A worker that ended normally already reported what it could not tear down.
+    reported = {(str(i.get("worker")), str(i.get("experiment"))) for i in run.workers_left}
     for entry in open_entries_in(run.results_dir):
         owner = str(entry.get("worker") or "")
         if not owner or (worker is not None and owner != worker):
             continue  # the controller's own entries are its teardown's business
+        if (owner, str(entry.get("experiment"))) in reported:
+            continue
         name, plan = str(entry.get("experiment")), entry.get("plan") or {}
         covered.add((owner, name))
         start = clock_now()
