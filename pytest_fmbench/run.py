@@ -295,6 +295,8 @@ def cleanup_orphans(run: BenchmarkRun, worker: str | None = None) -> list[str]:
         owner = str(entry.get("worker") or "")
         if not owner or (worker is not None and owner != worker):
             continue  # the controller's own entries are its teardown's business
+        if entry.get("run_id") != run.run_id:
+            continue  # another run's journal in a reused results dir: sweep's business
         if (owner, str(entry.get("experiment"))) in reported:
             continue
         name, plan = str(entry.get("experiment")), entry.get("plan") or {}
