@@ -252,3 +252,13 @@ def test_sweep_after_the_runs_finds_nothing(
                             check=False)
     assert result.returncode == 0, result.stderr
     assert "sweep: found 0, deleted 0, failed 0" in result.stdout
+
+
+def test_a_bad_teardown_timeout_is_one_usage_error(
+        pytester: pytest.Pytester, aws: tuple[SageMakerControl, AwsRuntimeEmulator]) -> None:
+    pytester.makefile(".yml", cfg=sagemaker_config())
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "--fmbench-config=cfg.yml",
+                                           "--fmbench-teardown-timeout=soon")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--fmbench-teardown-timeout expects seconds, got 'soon'" in result.stderr.str()
+    assert "Traceback" not in result.stderr.str()
