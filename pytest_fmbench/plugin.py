@@ -40,6 +40,7 @@ from pytest_fmbench.run import (
 from pytest_fmbench.safety.spend import estimate, estimate_lines, offline_prices
 from pytest_fmbench.selection import check_selected, price_selected, selected_experiments
 from pytest_fmbench.timeouts import case_timeout_s, parse_case_timeout
+from pytest_fmbench.safety.net import DISABLE_ENV, SafetyNet
 
 RUN_KEY = pytest.StashKey[BenchmarkRun]()
 CASES_KEY = pytest.StashKey[list[Case]]()
@@ -105,6 +106,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("fmbench_upload", "upload results to the write bucket (FMBench's layout)",
                   type="bool", default=False)
     parser.addini("fmbench_read_dir", "FMBench read dir (its local layout)")
+    group.addoption("--fmbench-teardown-timeout", dest="fmbench_teardown_timeout",
+                    metavar="SECONDS", default=None, help="how long a failing teardown is "
+                    "retried before the run fails naming what is left running (default 600). "
+                    "Env: FMBENCH_TEARDOWN_TIMEOUT; ini: fmbench_teardown_timeout.")
+    parser.addini("fmbench_teardown_timeout", "seconds a failing teardown is retried")
     parser.addini("fmbench_gate", "budget gate mode: best or every")
     parser.addini("fmbench_results_dir", "directory for records and the report")
 
@@ -194,7 +200,9 @@ def pytest_configure(config: pytest.Config) -> None:
     payload_dir = Path(workerinput.get("fmbench_payload_dir") or payload_dir)
     run = BenchmarkRun(bench_config, run_id=run_id, results_dir=results_dir,
                        payload_dir=payload_dir, worker=workerinput.get("workerid", ""),
-                       log=_logger(config), read_dir=read_dir)
+                       log=_logger(config), read_dir=read_dir,
+                       safety=_safety_net(run_id, results_dir, workerinput, _logger(config)),
+                       teardown_deadline_s=_teardown_timeout(config))
     config.stash[RUN_KEY] = run
     config.stash[CASES_KEY] = cases
     config.stash[CASE_TIMEOUTS_KEY] = _case_timeouts(config, bench_config)
@@ -236,6 +244,27 @@ def _case_timeouts(config: pytest.Config, bench_config: Config) -> dict[str, flo
     if isinstance(chosen, str):  # "auto"
         return {e.name: case_timeout_s(bench_config, e) for e in bench_config.experiments}
     return {e.name: chosen for e in bench_config.experiments}
+
+
+def _teardown_timeout(config: pytest.Config) -> float:
+    raw = _setting(config, "fmbench_teardown_timeout", "FMBENCH_TEARDOWN_TIMEOUT")
+    try:
+        value = float(raw) if raw else 600.0
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise pytest.UsageError(f"--fmbench-teardown-timeout expects seconds, got '{raw}'\n"
+                                "  fix: e.g. --fmbench-teardown-timeout=600")
+    return value
+
+
+def _safety_net(run_id: str, results_dir: Path, workerinput: dict[str, Any],
+                log: Callable[[str], None]) -> SafetyNet:
+    """The journal and reaper connection of this process (a worker gets the controller's)."""
+    address, token = SafetyNet.address_from(workerinput)
+    return SafetyNet(run_id, results_dir, worker=workerinput.get("workerid", ""),
+                     reaper_address=address, reaper_token=token,
+                     enabled=os.environ.get(DISABLE_ENV) != "1", log=log)
 
 
 def _prepare_comparison(config: pytest.Config, settings: ReportSettings, name: str,
@@ -296,6 +325,17 @@ class XdistHooks:
         node.workerinput["fmbench_run_id"] = self.run.run_id
         node.workerinput["fmbench_results_dir"] = str(self.run.results_dir)
         node.workerinput["fmbench_payload_dir"] = str(self.run.payload_dir)
+        # Workers journal to the controller's reaper (started here, before any deploy).
+        node.workerinput.update(self.run.safety.workerinput())
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """A crashed worker's endpoints are deleted now, not at session end."""
+        worker = str(getattr(node, "workerinput", {}).get("workerid") or node.gateway.id)
+        left = getattr(node, "workeroutput", {}).get("fmbench_left_running")
+        if left:
+            self.run.workers_left.extend(left)
+        if error:
+            self.run.start_orphan_cleanup(worker)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -397,14 +437,46 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if run is None:
         return
     run.close()
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["fmbench_left_running"] = run.left_running()
+        run.safety.close(done=True)
+        return
     if session.config.option.collectonly:
+        run.safety.close(done=True)
         return  # nothing ran: no report, no verdict
-    if not hasattr(session.config, "workerinput"):
-        # Endpoints of crashed workers were never torn down by them: do it here.
-        cleanup_orphans(run)
-    if not hasattr(session.config, "workerinput") and run.results_dir.exists():
+    # Endpoints of crashed workers were never torn down by them: those not already done
+    # when the worker went down are done here.
+    run.wait_orphan_cleanups()
+    cleanup_orphans(run)
+    if run.results_dir.exists():
         run.write_metadata({"args": list(session.config.invocation_params.args)})
         _finish_report(session, run)
+    _fail_if_left_running(session, run)
+    run.safety.close(done=True)
+
+
+def _fail_if_left_running(session: pytest.Session, run: BenchmarkRun) -> None:
+    """Anything still running fails the run (exit 1), also without a report."""
+    left = run.left_running()
+    if not left:
+        return
+    if session.config.stash.get(SESSION_REPORT_KEY, None) is None:
+        from pytest_fmbench.report.session import mark_left_running
+
+        outcome = SessionReport(passed=False, ran=False)
+        mark_left_running(outcome, run.results_dir, left)
+        session.config.stash[SESSION_REPORT_KEY] = outcome
+        _write_step_summary(outcome)
+    if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _write_step_summary(outcome: SessionReport) -> None:
+    try:
+        write_step_summary(outcome)
+    except OSError as exc:  # never INTERNALERROR at session end
+        outcome.lines.append(f"could not write the CI step summary: {exc}")
 
 
 def _finish_report(session: pytest.Session, run: BenchmarkRun) -> None:
@@ -415,11 +487,11 @@ def _finish_report(session: pytest.Session, run: BenchmarkRun) -> None:
     controller = session.config.pluginmanager.get_plugin(CONTROLLER)
     missing = controller.missing if controller is not None else []
     outcome = finish(run.results_dir, run.config, settings, missing_cases=missing,
-                     stopped=run.spend.stop_reasons())
+                     stopped=run.spend.stop_reasons(), left_running=run.left_running())
     session.config.stash[SESSION_REPORT_KEY] = outcome
     if session.config.stash.get(UPLOAD_KEY, False):
         _upload(run, outcome)
-    write_step_summary(outcome)
+    _write_step_summary(outcome)
     if not outcome.passed and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
@@ -441,7 +513,8 @@ def _upload(run: BenchmarkRun, outcome: SessionReport) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     outcome = config.stash.get(SESSION_REPORT_KEY, None)
-    if outcome is None or not outcome.ran and not outcome.error and outcome.passed:
+    if (outcome is None or not outcome.ran and not outcome.error and outcome.passed
+            and not outcome.left_running):
         return
     try:
         terminalreporter.write_sep("=", "pytest-fmbench", red=not outcome.passed, green=outcome.passed)
@@ -455,6 +528,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(RUN_KEY, None)
     if run is not None:
         run.close()
+        run.safety.close(done=True)
     previous = config.stash.get(SIGTERM_KEY, None)
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import platform
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from pytest_fmbench.load.columnar import ColumnarRecordWriter
 from pytest_fmbench.load.engine import RecordContext, plan_load, run_in_loop, run_load
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.load.summary import case_summary
+from pytest_fmbench.safety.net import SafetyNet
 from pytest_fmbench.safety.spend import SpendGuard, SpendLedger
 
 
@@ -63,7 +65,8 @@ class CaseResult:
 class BenchmarkRun:
     def __init__(self, config: Config, *, run_id: str, results_dir: Path, worker: str = "",
                  payload_dir: Path | None = None, log: Callable[[str], None] = print,
-                 read_dir: Path | None = None) -> None:
+                 read_dir: Path | None = None, safety: SafetyNet | None = None,
+                 teardown_deadline_s: float = 600.0) -> None:
         self.config = config
         # FMBench's local read layout (--fmbench-read-dir); without it, the read bucket.
         self.read_dir = read_dir
@@ -74,11 +77,20 @@ class BenchmarkRun:
         self.worker = worker
         self.log = log
         suffix = f"-{worker}" if worker else ""
+        # The journal of intent (and, when the plugin passes one, the reaper connection).
+        self.safety = safety or SafetyNet(run_id, results_dir, worker=worker, enabled=False,
+                                          log=log)
+        # What crashed workers left that the controller could not delete.
+        self.orphans_left: list[dict[str, Any]] = []
+        # What workers reported as left running (their ``left_running()``, via workeroutput).
+        self.workers_left: list[dict[str, Any]] = []
+        self._cleanups: list[threading.Thread] = []
         # JSON lines (the record of truth) plus an Arrow copy per case, for fast reports.
         self.records = ColumnarRecordWriter(results_dir / f"records{suffix}.jsonl")
         self.endpoints = EndpointManager(
             self._create_endpoint, results_dir / f"endpoints{suffix}.jsonl",
-            warmup=self._warmup, log=log,
+            warmup=self._warmup, log=log, journal=self.safety.journal,
+            teardown_deadline_s=teardown_deadline_s,
         )
         self._counter: TokenCounter | None = None
         self._inputs: FmbenchInputs | None = None
@@ -265,10 +277,7 @@ class BenchmarkRun:
         if self.guard is not None and deploying:
             experiment = self.config.experiment(case.experiment)
             commitment = self.guard.deploy_commitment(experiment)
-            reason = self.guard.check(f"deploying '{case.experiment}'", commitment)
-            if reason:
-                self.endpoints.teardown_all()
-                raise SpendLimitReached(reason)
+            self._stop_if(self.guard.check(f"deploying '{case.experiment}'", commitment))
         endpoint = self.endpoints.acquire(case.experiment)
         if deploying and self.guard is not None:
             price = self.guard.prices.get(case.experiment)
@@ -278,18 +287,30 @@ class BenchmarkRun:
 
     def release(self, experiment: str) -> None:
         """Tear down the experiment's endpoint after its last case (and stop its spend)."""
-        live = experiment in self.endpoints.live
         self.endpoints.teardown(experiment)
-        if live and self.guard is not None:
-            self.spend.endpoint_down(experiment)
+        self._account_teardowns([experiment])
+
+    def _account_teardowns(self, experiments: list[str]) -> None:
+        """An endpoint stops costing money once its teardown succeeded (it left the live set)."""
+        if self.guard is None:
+            return
+        for experiment in experiments:
+            if experiment not in self.endpoints.live:
+                self.spend.endpoint_down(experiment)
 
     def _check_case_spend(self, case: Case, requests: int) -> None:
         if self.guard is None:
             return
-        reason = self.guard.check(f"case {case.id}", self.guard.case_commitment(case, requests))
-        if reason:
-            self.endpoints.teardown_all()
-            raise SpendLimitReached(reason)
+        self._stop_if(self.guard.check(f"case {case.id}", self.guard.case_commitment(case, requests)))
+
+    def _stop_if(self, reason: str | None) -> None:
+        """Over the spend limit: tear down what is live, and start nothing more."""
+        if reason is None:
+            return
+        live = self.endpoints.live
+        self.endpoints.teardown_all()
+        self._account_teardowns(live)
+        raise SpendLimitReached(reason)
 
     def _account(self, case: Case, records: list[RequestRecord]) -> None:
         if self.guard is None:
@@ -328,47 +349,126 @@ class BenchmarkRun:
         return CaseResult(case, records, case_summary(records))
 
     def close(self) -> None:
+        live = self.endpoints.live
         try:
-            for experiment in self.endpoints.live:
-                self.release(experiment)
+            self.endpoints.teardown_all()
+            self._account_teardowns(live)
         finally:
             self.records.close()
 
+    def start_orphan_cleanup(self, worker: str) -> None:
+        """Controller: a worker went down: delete what it left, now (in the background, so
+        xdist's loop keeps serving the other workers while an endpoint leaves Creating)."""
+        thread = threading.Thread(target=cleanup_orphans, args=(self, worker), daemon=True,
+                                  name=f"fmbench-orphans-{worker}")
+        thread.start()
+        self._cleanups.append(thread)
 
-def cleanup_orphans(run: BenchmarkRun) -> list[str]:
-    """Controller: tear down what crashed xdist workers deployed and never tore down.
+    def wait_orphan_cleanups(self) -> None:
+        for thread in self._cleanups:
+            thread.join()
+        self._cleanups.clear()
 
-    A backend opts in with a ``cleanup_orphan(config, experiment, context, description)``
-    classmethod that deletes from the description its endpoint logged at deploy time.
+    def left_running(self) -> list[dict[str, Any]]:
+        """Everything of this run that may still be running (and billing), each with the
+        command that deletes it: failed teardowns here, and a crashed worker's leftovers."""
+        from pytest_fmbench.safety.reap import delete_commands, describe_plan
+
+        items = [{"experiment": left.experiment, "error": left.error, "plan": left.plan,
+                  "description": left.description}
+                 for left in self.endpoints.left_running.values()] + list(self.orphans_left)
+        out = []
+        sweep = f"python -m pytest_fmbench sweep --run-id {self.run_id} --results-dir {self.results_dir}"
+        for item in items:
+            plan = item.get("plan") or {}
+            description = item.get("description") or {}
+            out.append({
+                "experiment": item["experiment"],
+                "worker": self.worker,
+                "error": item["error"],
+                "resources": describe_plan(plan) if plan else str(description),
+                "commands": (delete_commands(plan, self.run_id, str(self.results_dir)) if plan
+                             else [sweep]),
+            })
+        return out + list(self.workers_left)
+
+
+def cleanup_orphans(run: BenchmarkRun, worker: str | None = None) -> list[str]:
+    """Controller: tear down what a dead xdist worker deployed and never tore down.
+
+    ``worker``: that worker's id (``pytest_testnodedown``); None: every worker (session end).
+    First the worker's journal: every intent without a teardown is reaped from its plan
+    (also a deploy still in progress when the worker died). Then, for experiments of
+    backends without a plan, the backend's ``cleanup_orphan`` (``SupportsOrphanCleanup``)
+    with the description its endpoint logged at deploy. What cannot be deleted is added to
+    ``run.orphans_left`` (reported like a failed teardown).
     """
+    from pytest_fmbench.endpoints.base import SupportsOrphanCleanup
     from pytest_fmbench.endpoints.lifecycle import (
         orphaned_deploys,
         read_endpoint_events,
         record_teardown,
     )
     from pytest_fmbench.endpoints.registry import backend_factory
+    from pytest_fmbench.safety.journal import open_entries_in
+    from pytest_fmbench.safety.reap import ReapFailed, reap_plan
 
-    done = []
-    for path in sorted(run.results_dir.glob("endpoints-*.jsonl")):
+    done: list[str] = []
+    covered: set[tuple[str, str]] = set()
+    # A worker that ended normally already reported what it could not tear down.
+    reported = {(str(i.get("worker")), str(i.get("experiment"))) for i in run.workers_left}
+    for entry in open_entries_in(run.results_dir):
+        owner = str(entry.get("worker") or "")
+        if not owner or (worker is not None and owner != worker):
+            continue  # the controller's own entries are its teardown's business
+        if entry.get("run_id") != run.run_id:
+            continue  # another run's journal in a reused results dir: sweep's business
+        if (owner, str(entry.get("experiment"))) in reported:
+            continue
+        name, plan = str(entry.get("experiment")), entry.get("plan") or {}
+        covered.add((owner, name))
+        start = clock_now()
+        error = ""
+        try:
+            deleted = reap_plan(plan, log=run.log)
+            run.log(f"[fmbench] tore down the endpoint of '{name}' left by crashed worker "
+                    f"{owner}: {', '.join(deleted) or 'nothing was left'}")
+            run.safety.journal.torn_down(str(entry["id"]))
+        except (ReapFailed, Exception) as exc:  # noqa: BLE001 - report it and go on
+            error = f"{type(exc).__name__}: {exc}"
+            run.log(f"[fmbench] WARNING: could not tear down '{name}' left by crashed worker "
+                    f"{owner}: {error}")
+            run.orphans_left.append({"experiment": name, "error": error, "plan": plan})
+        record_teardown(run.results_dir / "endpoints.jsonl", name, start, error, {"plan": plan})
+        done.append(name)
+    pattern = f"endpoints-{worker}.jsonl" if worker else "endpoints-*.jsonl"
+    for path in sorted(run.results_dir.glob(pattern)):
+        owner = path.stem.removeprefix("endpoints-")
         for event in orphaned_deploys(read_endpoint_events(path)):
             name, description = event["experiment"], event.get("endpoint") or {}
+            if (owner, name) in covered or name in done:
+                continue
             experiment = run.config.experiment(name)
             factory = backend_factory(experiment.resolved_backend or "")
-            cleanup = getattr(factory, "cleanup_orphan", None)
-            if cleanup is None:
+            if not isinstance(factory, SupportsOrphanCleanup):
                 run.log(f"[fmbench] WARNING: the endpoint of '{name}' was deployed by a worker "
                         f"that died and may still be running: {description}")
+                run.orphans_left.append({"experiment": name, "error": "no orphan cleanup for "
+                                         "its backend", "description": description})
                 continue
             start = clock_now()
             error = ""
             try:
-                cleanup(run.config, experiment, EndpointContext(run.run_id, run.results_dir, run.log),
-                        description)
+                factory.cleanup_orphan(run.config, experiment,
+                                       EndpointContext(run.run_id, run.results_dir, run.log),
+                                       description)
                 run.log(f"[fmbench] tore down the endpoint of '{name}' left by a crashed worker")
             except Exception as exc:  # noqa: BLE001 - report it and keep cleaning up
                 error = f"{type(exc).__name__}: {exc}"
                 run.log(f"[fmbench] WARNING: could not tear down '{name}' left by a crashed "
                         f"worker: {error}")
+                run.orphans_left.append({"experiment": name, "error": error,
+                                         "description": description})
             record_teardown(run.results_dir / "endpoints.jsonl", name, start, error, description)
             done.append(name)
     return done

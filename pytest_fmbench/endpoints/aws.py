@@ -5,10 +5,14 @@ a thread pool sized to the experiment's highest concurrency, so a wave of ``c`` 
 ``c`` calls in flight; each thread takes its own timestamps as bytes arrive, so TTFT and ITL
 are not delayed by the event loop.
 
-botocore's own retries are switched off (``total_max_attempts=1``); the only retries are
-ours (``RetrySettings``): bounded, counted in ``InferenceResult.retries``, and kept out of
+botocore's own retries are switched off for the runtime clients (``total_max_attempts=1``);
+the only retries there are ours (``RetrySettings``): bounded, counted in ``InferenceResult.retries``, and kept out of
 latency — a retried request's record measures its final attempt, and the time spent on the
 earlier attempts and back-off shows as client queue time (``sent - scheduled``).
+
+The control plane (create / describe / delete endpoint) is another matter: no latency is
+measured there, calls are throttled per account, and one lost call can leave an endpoint
+billing. Its clients use ``control_config``: botocore's adaptive retries, bounded timeouts.
 """
 
 from __future__ import annotations
@@ -77,6 +81,19 @@ def client_config(*, workers: int = 10, timeout_s: float = 60.0) -> Any:
         max_pool_connections=max(10, workers),
         read_timeout=timeout_s,
         connect_timeout=min(10.0, timeout_s),
+        tcp_keepalive=True,
+    )
+
+
+def control_config(*, max_attempts: int = 10, connect_timeout_s: float = 10.0,
+                   read_timeout_s: float = 60.0) -> Any:
+    """For control-plane clients: adaptive retries (throttling, 5xx, connection errors)."""
+    from botocore.config import Config as BotoConfig
+
+    return BotoConfig(
+        retries={"mode": "adaptive", "max_attempts": max_attempts},
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
         tcp_keepalive=True,
     )
 

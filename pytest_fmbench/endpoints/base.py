@@ -71,3 +71,37 @@ class Endpoint(Protocol):
     def describe(self) -> dict[str, Any]:
         """Facts for the report (url, instance type, ...), never secrets."""
         ...
+
+
+# -- optional hooks a backend may implement ------------------------------------------------
+# Checked with ``isinstance`` (runtime-checkable Protocols), so a third-party backend sees
+# them here instead of behind ``getattr`` probes.
+
+@runtime_checkable
+class SupportsPreflight(Protocol):
+    """A backend factory (class) that checks an experiment before anything is deployed:
+    missing region or credentials, an unknown price, a missing role. Raises ``ConfigError``."""
+
+    def preflight(self, config: Any, experiment: Any) -> None: ...
+
+
+@runtime_checkable
+class SupportsOrphanCleanup(Protocol):
+    """A backend factory (class) that deletes what a dead process deployed, from the
+    ``describe()`` its endpoint logged (the controller calls it when an xdist worker dies)."""
+
+    def cleanup_orphan(self, config: Any, experiment: Any, context: Any,
+                       description: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class SupportsReaping(Protocol):
+    """An endpoint that can say, before ``deploy``, what the reaper must delete if this
+    process dies (``pytest_fmbench.safety``): a JSON-able plan, or None for nothing.
+
+    Plans the reaper knows: ``{"kind": "process", "process": {cookie, pid, start_time}}``
+    and ``{"kind": "sagemaker", "run_id", "region", "endpoint_url", "resources": [[kind,
+    name], ...]}``. Asked again after ``deploy`` (pids are known then).
+    """
+
+    def reap_plan(self) -> dict[str, Any] | None: ...

@@ -1,9 +1,12 @@
 """A server started by a shell command (``openai.deploy.command``), stopped on teardown.
 
 The command runs with ``sh -c`` in a new session (its own process group), so teardown stops
-everything it started: SIGTERM to the group, SIGKILL after ``stop_timeout_s``. On Linux the
-server also gets SIGTERM if this process dies. Ready means ``health_url`` answered 2xx; if
-the command exits first, or ``startup_timeout_s`` passes, the error quotes the log's tail.
+everything it started: SIGTERM to the group, SIGKILL after ``stop_timeout_s``. If this
+process dies (even by SIGKILL), the shell gets SIGTERM (PR_SET_PDEATHSIG, Linux), but the
+server the shell started does not (dash does not exec the command): the run's reaper
+(``pytest_fmbench.safety.reaper``) stops it, found by the cookie in its environment (see
+``process.py``). Ready means ``health_url`` answered 2xx; if the command exits first, or
+``startup_timeout_s`` passes, the error quotes the log's tail.
 
 The command's environment is ours plus ``env`` plus ``FMBENCH_PORT`` (the port the server
 should listen on), so ``vllm serve MODEL --port $FMBENCH_PORT`` needs no fixed port.
@@ -14,17 +17,11 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import weakref
 from pathlib import Path
 from typing import IO
 
-from pytest_fmbench.endpoints.local_model import (
-    _die_with_parent_fn,
-    _kill_group,
-    _terminate_group,
-)
+from pytest_fmbench.endpoints import process
 from pytest_fmbench.errors import EndpointError
 
 PORT_ENV = "FMBENCH_PORT"
@@ -34,7 +31,7 @@ class CommandServer:
     def __init__(self, command: str, *, health_url: str, port: int, log_path: Path,
                  startup_timeout_s: float = 900.0, stop_timeout_s: float = 30.0,
                  env: dict[str, str] | None = None, cwd: str | None = None,
-                 key: str | None = None) -> None:
+                 key: str | None = None, cookie: str | None = None) -> None:
         self.command = command
         self.health_url = health_url
         self.port = port
@@ -47,6 +44,14 @@ class CommandServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._finalizer: weakref.finalize | None = None
+        # In the server's environment: what the reaper finds it by if this process dies.
+        self.cookie = cookie or process.new_cookie()
+
+    def identity(self) -> process.ProcessIdentity:
+        """The cookie, and once started the shell's pid with its start time."""
+        if self._proc is None:
+            return process.ProcessIdentity(self.cookie)
+        return process.identify(self._proc.pid, self.cookie)
 
     @property
     def pid(self) -> int | None:
@@ -62,16 +67,14 @@ class CommandServer:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, **self.env, PORT_ENV: str(self.port)}
         try:
-            self._proc = subprocess.Popen(
-                ["/bin/sh", "-c", self.command], stdin=subprocess.DEVNULL, stdout=self._log,
-                stderr=subprocess.STDOUT, env=env, cwd=self.cwd, start_new_session=True,
-                preexec_fn=_die_with_parent_fn())  # noqa: PLW1509 - only set on the main thread
+            self._proc = process.spawn(["/bin/sh", "-c", self.command], log=self._log, env=env,
+                                       cookie=self.cookie, cwd=self.cwd)
         except OSError as exc:
             self.stop()
             raise EndpointError(f"cannot run the deploy command: {exc}", key=self.key,
                                 fix="check deploy.cwd and that /bin/sh exists") from None
         # Last resort for a forgotten stop(): at interpreter exit or garbage collection.
-        self._finalizer = weakref.finalize(self, _kill_group, self._proc.pid)
+        self._finalizer = weakref.finalize(self, process.kill_group, self._proc.pid)
         failure = self._wait_ready()
         if failure is not None:
             tail = self.log_tail()
@@ -99,7 +102,7 @@ class CommandServer:
         """Stop the whole process group; safe to call twice or after a failed start."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            _terminate_group(proc, self.stop_timeout_s)
+            process.stop_group(proc, self.stop_timeout_s)
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
@@ -118,8 +121,4 @@ class CommandServer:
 
 
 def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
-            return 200 <= int(response.status) < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    return process.url_ok(url)

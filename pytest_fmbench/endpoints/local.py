@@ -7,13 +7,14 @@ from typing import Any
 
 from pytest_fmbench.config.model import Config, Experiment, LocalSettings
 from pytest_fmbench.endpoints.base import EndpointClient
-from pytest_fmbench.endpoints.local_model import (
-    LocalServer,
-    ModelSpec,
-    StopsOrphanedServer,
-    ensure_model,
-)
+from pytest_fmbench.endpoints.local_model import LocalServer, ModelSpec, ensure_model
 from pytest_fmbench.endpoints.openai_http import OpenAIClient
+from pytest_fmbench.endpoints.process import (
+    ProcessIdentity,
+    StopsOrphanedServer,
+    identify,
+    new_cookie,
+)
 from pytest_fmbench.endpoints.registry import EndpointContext
 from pytest_fmbench.errors import EndpointError
 
@@ -45,6 +46,8 @@ class LocalEndpoint(StopsOrphanedServer):
         self.timeout_s = config.load_for(experiment).request_timeout_s or 120.0
         self._server: LocalServer | None = None
         self._model_dir: Path | None = None
+        # Known before deploy, so the journal can name the server before it starts.
+        self.cookie = new_cookie()
 
     @property
     def deployed_by_us(self) -> bool:
@@ -63,6 +66,7 @@ class LocalEndpoint(StopsOrphanedServer):
             log_path=log_path,
             startup_timeout_s=self.settings.startup_timeout_s,
             hub_id=hub_id,
+            cookie=self.cookie,
         )
         self._server = server
         server.start()
@@ -71,6 +75,12 @@ class LocalEndpoint(StopsOrphanedServer):
         server, self._server = self._server, None
         if server is not None:
             server.stop()
+
+    def reap_plan(self) -> dict[str, Any] | None:
+        server = self._server
+        pid = server.pid if server is not None else None
+        identity = identify(pid, self.cookie) if pid else ProcessIdentity(self.cookie)
+        return {"kind": "process", "process": identity.to_json()}
 
     def client(self) -> EndpointClient:
         url = self._server.url if self._server is not None else None
@@ -91,6 +101,7 @@ class LocalEndpoint(StopsOrphanedServer):
             "backend": "local",
             "url": self._server.url if self._server else None,
             "pid": self._server.pid if self._server else None,
+            "process": (self.reap_plan() or {}).get("process") if self._server else None,
             "model": self.settings.model,
             "continuous_batching": self.settings.continuous_batching,
             "device": self.settings.device,

@@ -25,18 +25,14 @@ Seen with transformers 5.23, torch 2.13 CPU, on 2 cores (re-check before relying
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -47,7 +43,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from pytest_fmbench.endpoints import process
+from pytest_fmbench.endpoints.process import StopsOrphanedServer, stop_process_group
 from pytest_fmbench.errors import EndpointError
+
+__all__ = ["LocalServer", "ModelSpec", "StopsOrphanedServer", "ensure_model", "stop_process_group"]
 
 try:  # fcntl is POSIX-only; the atomic rename alone is still correct without it
     import fcntl
@@ -269,7 +269,7 @@ class LocalServer:
                  extra_args: Sequence[str] = (), host: str = "127.0.0.1",
                  port: int | None = None, log_path: Path | None = None,
                  startup_timeout_s: float = 120.0, hub_id: str | None = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", cookie: str | None = None) -> None:
         # A hub id (e.g. "HuggingFaceTB/SmolLM2-135M-Instruct") is served where the network
         # allows; the server then downloads it itself, so it runs without the offline flags.
         self.hub_id = hub_id
@@ -284,6 +284,8 @@ class LocalServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
         self._finalizer: weakref.finalize | None = None
+        # In the server's environment: what the reaper finds it by if this process dies.
+        self.cookie = cookie or process.new_cookie()
 
     # -- properties
 
@@ -333,7 +335,7 @@ class LocalServer:
         """Terminate the whole process group; safe to call twice or before ``start``."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            _terminate_group(proc, timeout_s)
+            process.stop_group(proc, timeout_s)
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
@@ -384,12 +386,10 @@ class LocalServer:
         self._port = port
         # The child gets its own copy of the descriptor, so ours can close right away.
         with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(
-                self.command(port), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, env=_server_env(offline=self.hub_id is None), start_new_session=True,
-                preexec_fn=_die_with_parent_fn())  # noqa: PLW1509 - only prctl and getppid
+            self._proc = process.spawn(self.command(port), log=log, cookie=self.cookie,
+                                       env=_server_env(offline=self.hub_id is None))
         # Last resort for a forgotten stop(): runs at interpreter exit or garbage collection.
-        self._finalizer = weakref.finalize(self, _kill_group, self._proc.pid)
+        self._finalizer = weakref.finalize(self, process.kill_group, self._proc.pid)
 
     def _wait_ready(self) -> str | None:
         """None once healthy, else why not."""
@@ -437,10 +437,7 @@ def _url_host(host: str) -> str:
 
 
 def _free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    return process.free_port(host)
 
 
 def _server_env(offline: bool = True) -> dict[str, str]:
@@ -457,80 +454,8 @@ def _server_env(offline: bool = True) -> dict[str, str]:
     return env
 
 
-def _die_with_parent_fn() -> Any:
-    """A preexec_fn making the server get SIGTERM if we die, even by SIGKILL (Linux only)."""
-    # PDEATHSIG fires when the *thread* that forked exits, so it is only safe from the main
-    # thread; a server started from a pool thread would die with that thread.
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    parent = os.getpid()
-    # Resolved before fork: the child of a threaded parent must not take loader locks.
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def preexec() -> None:
-        prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 == PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
 def _health_ok(url: str) -> bool:
-    try:
-        with _OPENER.open(f"{url}/health", timeout=2.0) as resp:
-            return int(resp.status) == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def _terminate_group(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        _signal_group(proc.pid, sig)
-        try:
-            proc.wait(timeout=timeout_s)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    else:
-        proc.wait()
-    # The leader may exit before stray children of its group: sweep them too.
-    _signal_group(proc.pid, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _kill_group(pgid: int) -> None:
-    _signal_group(pgid, signal.SIGKILL)
-
-
-class StopsOrphanedServer:
-    """For backends whose server is a process group with its pid logged at deploy: the
-    controller stops it when the worker that deployed it died (``cleanup_orphans``)."""
-
-    @classmethod
-    def cleanup_orphan(cls, config: Any, experiment: Any, context: Any,
-                       description: dict[str, Any]) -> None:
-        pid = description.get("pid")
-        if isinstance(pid, int):
-            stop_process_group(pid)
-
-
-def stop_process_group(pgid: int, timeout_s: float = 10.0) -> None:
-    """SIGTERM a server's process group that is not our child, then SIGKILL what remains."""
-    _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(0.1)
-    _kill_group(pgid)
+    return process.url_ok(f"{url}/health")
 
 
 def _fix_for(log_tail: str) -> str:

@@ -29,8 +29,13 @@ from pytest_fmbench.config.model import Config, Experiment, OpenAISettings
 from pytest_fmbench.endpoints.base import EndpointClient
 from pytest_fmbench.endpoints.command import PORT_ENV, CommandServer
 from pytest_fmbench.endpoints.http1 import parse_headers
-from pytest_fmbench.endpoints.local_model import StopsOrphanedServer
 from pytest_fmbench.endpoints.openai_http import OpenAIClient
+from pytest_fmbench.endpoints.process import (
+    ProcessIdentity,
+    StopsOrphanedServer,
+    free_port,
+    new_cookie,
+)
 from pytest_fmbench.endpoints.registry import EndpointContext
 from pytest_fmbench.errors import ConfigError, EndpointError
 
@@ -92,6 +97,8 @@ class OpenAIEndpoint(StopsOrphanedServer):
         self.base_url, api = split_endpoint_url(url)
         self.api = api or self.settings.api
         self._server: CommandServer | None = None
+        # Known before deploy, so the journal can name the server before it starts.
+        self.cookie = new_cookie()
 
     @classmethod
     def preflight(cls, config: Config, experiment: Experiment) -> None:
@@ -158,7 +165,7 @@ class OpenAIEndpoint(StopsOrphanedServer):
             deploy.command, health_url=deploy.health_url or f"{self.base_url}/health",
             port=self.port, log_path=log_path, startup_timeout_s=deploy.startup_timeout_s,
             stop_timeout_s=deploy.stop_timeout_s, env=deploy.env, cwd=deploy.cwd,
-            key=_key(self.experiment, "openai.deploy.command"))
+            key=_key(self.experiment, "openai.deploy.command"), cookie=self.cookie)
         # Registered before it is up, so an interrupted start is still stopped on teardown.
         self._server = server
         self.context.log(f"[fmbench] starting the server of '{self.name}' "
@@ -170,6 +177,13 @@ class OpenAIEndpoint(StopsOrphanedServer):
         server, self._server = self._server, None
         if server is not None:
             server.stop()
+
+    def reap_plan(self) -> dict[str, Any] | None:
+        """The command's processes (found by cookie; the shell by pid and start time)."""
+        if self.deploy_settings is None:
+            return None  # bring your own: nothing of ours to stop
+        identity = self._server.identity() if self._server is not None else ProcessIdentity(self.cookie)
+        return {"kind": "process", "process": identity.to_json()}
 
     def _api_key(self) -> str | None:
         variable = self.settings.api_key_env
@@ -214,6 +228,7 @@ class OpenAIEndpoint(StopsOrphanedServer):
             facts["container_type"] = self.experiment.inference_spec.container_type
         if self._server is not None:
             facts["pid"] = self._server.pid
+            facts["process"] = self._server.identity().to_json()
         return facts
 
 
@@ -240,6 +255,4 @@ def _url_port(url: str | None) -> int | None:
 
 
 def _free_port() -> int:
-    from pytest_fmbench.endpoints.local_model import _free_port as free
-
-    return free("127.0.0.1")
+    return free_port("127.0.0.1")

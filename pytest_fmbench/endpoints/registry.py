@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pytest_fmbench.config.model import Config, Experiment, is_import_path
-from pytest_fmbench.endpoints.base import Endpoint
+from pytest_fmbench.endpoints.base import Endpoint, SupportsPreflight
 
 ENTRY_POINT_GROUP = "pytest_fmbench.backends"
 
@@ -69,9 +69,8 @@ def preflight(config: Config, experiments: Sequence[Experiment] | None = None) -
     """
     for experiment in config.experiments if experiments is None else experiments:
         factory = backend_factory(experiment.resolved_backend or "")
-        check = getattr(factory, "preflight", None)
-        if check is not None:
-            check(config, experiment)
+        if isinstance(factory, SupportsPreflight):
+            factory.preflight(config, experiment)
 
 
 def create_endpoint(config: Config, experiment: Experiment, context: EndpointContext) -> Endpoint:

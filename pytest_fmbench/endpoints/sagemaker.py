@@ -2,11 +2,16 @@
 
 Deploy (``deploy: yes``) is plain boto3: ``create_model`` → ``create_endpoint_config`` →
 ``create_endpoint``, then ``describe_endpoint`` until ``InService`` (progress lines, a
-timeout). Each resource is named ``<ep_name>-<token>`` (the token derived from the run id and
-experiment) and tagged ``fmbench:run-id`` / ``fmbench:experiment``, so leftovers of a killed
-machine can be found. A failed or timed-out deployment raises with SageMaker's
+timeout). Each resource is named ``<ep_name>-<token>`` (the token derived from the run id,
+the experiment and a nonce of this deploy, so a re-deploy after a crashed worker never
+collides with the crashed worker's resources) and tagged ``fmbench:run-id`` /
+``fmbench:experiment`` / ``fmbench:created-by``, so leftovers of a killed machine can be found
+(``python -m pytest_fmbench sweep``). A failed or timed-out deployment raises with SageMaker's
 FailureReason and deletes what was created. Teardown deletes exactly what this object
-created; a bring-your-own endpoint (``deploy: no``, ``ep_name``) is never deleted.
+created, waiting out ``Creating`` (the service refuses the delete until then) and retrying
+throttled calls (``pytest_fmbench.safety.sagemaker``); a bring-your-own endpoint
+(``deploy: no``, ``ep_name``) is never deleted. Control-plane calls retry (adaptive mode);
+runtime calls do not (retries stay out of latency).
 
 JumpStart model ids (FMBench's ``deployment_script: jumpstart.py``) are resolved to a
 container with the SageMaker Python SDK 2.x (optional, imported lazily); the resources are
@@ -23,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import re
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,22 +50,25 @@ from pytest_fmbench.endpoints.sagemaker_formats import (
     with_stop_token,
 )
 from pytest_fmbench.errors import ConfigError, EndpointError
+from pytest_fmbench.safety import sagemaker as cleanup
+from pytest_fmbench.safety.sagemaker import CREATED_BY_TAG, RUN_ID_TAG
 
-RUN_ID_TAG = "fmbench:run-id"
 EXPERIMENT_TAG = "fmbench:experiment"
-CREATED_BY_TAG = "fmbench:created-by"
 JUMPSTART_HINT = "pip install 'pytest-fmbench[jumpstart]' (the SageMaker Python SDK 2.x)"
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9]+")
 _TAG_UNSAFE = re.compile(r"[^\w\s.:/=+\-@]+")
 # Resource kinds in creation order; teardown goes in reverse.
 KINDS = ("model", "endpoint-config", "endpoint")
+# How long a delete waits for an endpoint to leave Creating (the service can take an hour).
+DELETE_WAIT_S = 3900.0
 _FAILED_STATES = ("Failed", "OutOfService", "Deleting", "RollingBack", "UpdateRollbackFailed")
 
 
-def resource_name(base: str, run_id: str, experiment: str) -> str:
-    """``<base>-<10 hex>``: ≤ 63 characters, SageMaker's name pattern, unique per run/experiment."""
-    token = hashlib.sha256(f"{run_id}/{experiment}".encode()).hexdigest()[:10]
+def resource_name(base: str, run_id: str, experiment: str, nonce: str = "") -> str:
+    """``<base>-<10 hex>``: ≤ 63 characters, SageMaker's name pattern, unique per run,
+    experiment and deploy (``nonce``)."""
+    token = hashlib.sha256(f"{run_id}/{experiment}/{nonce}".encode()).hexdigest()[:10]
     stem = _NAME_UNSAFE.sub("-", base).strip("-")[: 63 - 11].strip("-") or "fmbench"
     return f"{stem}-{token}"
 
@@ -97,8 +106,10 @@ class SageMakerEndpoint:
         except KeyError:
             raise _unknown_format(experiment, self.format_name) from None
         if experiment.deploy:
+            # A nonce per deploy: a re-deploy after a crashed worker gets other names.
             self.endpoint_name = resource_name(experiment.ep_name or experiment.name,
-                                               context.run_id, experiment.name)
+                                               context.run_id, experiment.name,
+                                               secrets.token_hex(4))
         else:
             if not experiment.ep_name:
                 raise _missing_ep_name(experiment)
@@ -173,8 +184,8 @@ class SageMakerEndpoint:
 
     def control(self) -> Any:
         if self._control is None:
-            self._control = self._boto_session().client(
-                "sagemaker", config=aws.client_config(timeout_s=60.0))
+            # Retries (adaptive): throttled control-plane calls must not lose an endpoint.
+            self._control = self._boto_session().client("sagemaker", config=aws.control_config())
         return self._control
 
     def runtime(self) -> Any:
@@ -316,7 +327,7 @@ class SageMakerEndpoint:
         started = time.monotonic()
         last_status, last_line = "", started
         while True:
-            description = sm.describe_endpoint(EndpointName=self.endpoint_name)
+            description = self._describe_tolerantly(sm)
             status = description.get("EndpointStatus", "")
             elapsed = time.monotonic() - started
             if status == "InService":
@@ -343,6 +354,19 @@ class SageMakerEndpoint:
                     "what was created is deleted",
                 )
             time.sleep(max(0.0, min(self.settings.poll_interval_s, timeout - elapsed)))
+
+    def _describe_tolerantly(self, sm: Any) -> dict[str, Any]:
+        """DescribeEndpoint while waiting: a transient error (throttling, a reset connection)
+        is logged and the wait goes on ({} reads as status unknown); others raise."""
+        try:
+            description: dict[str, Any] = sm.describe_endpoint(EndpointName=self.endpoint_name)
+        except Exception as exc:
+            if not cleanup.is_transient(exc):
+                raise
+            self._log(f"describing endpoint '{self.endpoint_name}' failed "
+                      f"({aws.error_code(exc) or type(exc).__name__}); still waiting")
+            return {}
+        return description
 
     def _check_existing(self) -> None:
         """Bring your own: the endpoint must exist and serve; learn its instance type."""
@@ -398,8 +422,6 @@ class SageMakerEndpoint:
         may have created when interrupted mid-call). Never touches anything else."""
         if not (self._created or self._pending):
             return
-        from botocore.exceptions import ClientError
-
         sm = self.control()
         errors: list[str] = []
         for kind in reversed(KINDS):
@@ -409,7 +431,10 @@ class SageMakerEndpoint:
             for item in [i for i in self._pending if i[0] == kind]:
                 try:
                     ours = self._tagged_as_ours(sm, *item)
-                except ClientError:
+                except Exception as exc:  # noqa: BLE001
+                    if not cleanup.is_not_found(exc):
+                        errors.append(f"{item[0]} '{item[1]}': {exc}")
+                        continue
                     ours = False  # not there: the create never happened
                 if not ours or self._delete(sm, *item, errors):
                     self._pending.remove(item)
@@ -421,24 +446,16 @@ class SageMakerEndpoint:
             )
 
     def _delete(self, sm: Any, kind: str, name: str, errors: list[str]) -> bool:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        call = {"endpoint": lambda: sm.delete_endpoint(EndpointName=name),
-                "endpoint-config": lambda: sm.delete_endpoint_config(EndpointConfigName=name),
-                "model": lambda: sm.delete_model(ModelName=name)}[kind]
+        """Delete one resource, waiting out Creating/Updating and retrying transient errors
+        (a broken endpoint can sit in Creating for about an hour, also after our deploy
+        timeout gave up on it)."""
         try:
-            call()
-        except ClientError as exc:
-            message = str(exc)
-            if "Could not find" in message or "does not exist" in message or \
-                    aws.error_code(exc) == "ResourceNotFound":
-                return True
-            errors.append(f"{kind} '{name}': {message}")
+            cleanup.delete(sm, kind, name,
+                           deadline_s=max(self.settings.deploy_timeout_s, DELETE_WAIT_S),
+                           poll_s=self.settings.poll_interval_s, log=self.context.log)
+        except cleanup.DeleteFailed as exc:
+            errors.append(str(exc))
             return False
-        except BotoCoreError as exc:
-            errors.append(f"{kind} '{name}': {exc}")
-            return False
-        self._log(f"deleted {kind} '{name}'")
         return True
 
     def _tagged_as_ours(self, sm: Any, kind: str, name: str) -> bool:
@@ -450,6 +467,35 @@ class SageMakerEndpoint:
             arn = sm.describe_model(ModelName=name)["ModelArn"]
         tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=arn).get("Tags", [])}
         return tags.get(RUN_ID_TAG) == self.context.run_id
+
+    # -- if this process dies ----------------------------------------------------------
+    def reap_plan(self) -> dict[str, Any] | None:
+        """What the reaper deletes if this process dies: all three names (journaled before
+        the first create), each deleted only if it carries this run's id."""
+        if not self.experiment.deploy:
+            return None  # bring your own: never deleted
+        return {
+            "kind": "sagemaker", "run_id": self.context.run_id,
+            "region": aws.region_of(self.config) or self._boto_session().region_name,
+            "endpoint_url": self.control().meta.endpoint_url,
+            "resources": [[kind, self.endpoint_name] for kind in reversed(KINDS)],
+            "wait_s": self.settings.deploy_timeout_s, "poll_s": self.settings.poll_interval_s,
+        }
+
+    @classmethod
+    def cleanup_orphan(cls, config: Config, experiment: Experiment, context: EndpointContext,
+                       description: dict[str, Any]) -> None:
+        """Delete what a dead worker deployed, from its logged description (run id checked)."""
+        name = description.get("endpoint_name")
+        if not experiment.deploy or not isinstance(name, str):
+            return
+        settings = experiment.sagemaker or SageMakerSettings()
+        plan = {"run_id": context.run_id,
+                "region": description.get("region") or aws.region_of(config),
+                "endpoint_url": description.get("control_url"),
+                "resources": [[kind, name] for kind in reversed(KINDS)]}
+        cleanup.delete_plan(plan, deadline_s=settings.deploy_timeout_s,
+                            poll_s=settings.poll_interval_s, log=context.log)
 
     # -- requests ----------------------------------------------------------------------
     def client(self) -> EndpointClient:
@@ -539,6 +585,7 @@ class SageMakerEndpoint:
             "jumpstart": is_jumpstart(self.experiment),
             "deploy": self.experiment.deploy,
             "resources": [f"{kind}/{name}" for kind, name in self._created],
+            "control_url": self._control.meta.endpoint_url if self._control is not None else None,
         }
 
 

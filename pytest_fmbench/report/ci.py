@@ -35,7 +35,7 @@ def step_summary_markdown(outcome: SessionReport) -> str:
 def write_step_summary(outcome: SessionReport, environ: Mapping[str, str] | None = None) -> Path | None:
     """Append the verdict and summary table to ``$GITHUB_STEP_SUMMARY`` when it is set."""
     target = (os.environ if environ is None else environ).get(STEP_SUMMARY_ENV)
-    if not target or not (outcome.ran or outcome.error):
+    if not target or not (outcome.ran or outcome.error or outcome.left_running):
         return None
     path = Path(target)
     with open(path, "a", encoding="utf-8") as handle:

@@ -94,18 +94,24 @@ class SessionReport:
     report_path: Path | None = None
     lines: list[str] = dataclasses.field(default_factory=list)
     error: str | None = None
+    # Endpoints whose teardown failed (``BenchmarkRun.left_running``): they fail the run.
+    left_running: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def finish(results_dir: Path, config: Config, settings: ReportSettings,
            meta: Mapping[str, Any] | None = None, *,
-           missing_cases: Sequence[str] = (), stopped: Sequence[str] = ()) -> SessionReport:
+           missing_cases: Sequence[str] = (), stopped: Sequence[str] = (),
+           left_running: Sequence[dict[str, Any]] = ()) -> SessionReport:
     """Build the report and judge the budgets; never raises (records are never touched).
 
     ``missing_cases``: selected cases that never completed (a crashed worker, a failed
     deploy, the spend limit); they are named in the report and fail the gate. ``stopped``:
-    why the run stopped starting cases (``--fmbench-max-cost``).
+    why the run stopped starting cases (``--fmbench-max-cost``). ``left_running``:
+    endpoints whose teardown failed; they fail the run, loudly.
     """
     outcome = _finish(results_dir, config, settings, meta)
+    if left_running:
+        mark_left_running(outcome, results_dir, left_running)
     extra: list[str] = [f"STOPPED: {reason}" for reason in dict.fromkeys(stopped)]
     if outcome.ran:
         from pytest_fmbench.report.markdown import compatibility_notes
@@ -123,6 +129,51 @@ def finish(results_dir: Path, config: Config, settings: ReportSettings,
         outcome.lines[-1:-1] = ["", *extra]
         _append_to_report(outcome.report_path, missing_cases, extra)
     return outcome
+
+
+def left_running_lines(items: Sequence[dict[str, Any]]) -> list[str]:
+    """The block naming each resource still running and the command that deletes it."""
+    if not items:
+        return []
+    head = f"ENDPOINT STILL RUNNING ({len(items)}): teardown failed, it may still be billing;"
+    lines = [head + " delete it with:"]
+    for item in items:
+        lines.append(f"  {item['experiment']}: {item['resources']}")
+        lines.append(f"    error: {item['error']}")
+        lines += [f"    $ {command}" for command in item.get("commands") or []]
+    return lines
+
+
+def mark_left_running(outcome: SessionReport, results_dir: Path,
+                      items: Sequence[dict[str, Any]]) -> None:
+    """Fail the run and name what is left: summary lines, report.md, results.json."""
+    outcome.passed = False
+    outcome.left_running = [dict(item) for item in items]
+    block = left_running_lines(items)
+    outcome.lines[:0] = [*block, ""]
+    try:
+        _record_left_running(results_dir, outcome.report_path, outcome.left_running, block)
+    except (OSError, ValueError) as exc:  # never raise at session end
+        outcome.lines.append(f"could not record the endpoints left running: {exc}")
+
+
+def _record_left_running(results_dir: Path, report_path: Path | None,
+                         items: list[dict[str, Any]], block: list[str]) -> None:
+    import json
+
+    results = results_dir / "results.json"
+    data: dict[str, Any] = {}
+    if results.exists():
+        data = json.loads(results.read_text(encoding="utf-8"))
+    data["endpoints_left_running"] = items
+    results_dir.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    if report_path is not None and report_path.exists():
+        section = ["", "## Endpoints left running", "",
+                   "Their teardown failed: they may still be running and billing. Delete them:",
+                   "", "```text", *block, "```", ""]
+        with open(report_path, "a", encoding="utf-8") as handle:
+            handle.write("\n".join(section))
 
 
 def _comparison(results_dir: Path, settings: ReportSettings, outcome: SessionReport) -> list[str]:
