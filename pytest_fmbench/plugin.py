@@ -29,6 +29,9 @@ from pytest_fmbench.report.session import (
     finish,
     prepare,
 )
+from pytest_fmbench.redaction import redact_args, register_config_secrets
+from pytest_fmbench.results_dir import set_aside_previous_run
+from pytest_fmbench.runlog import RunLog
 from pytest_fmbench.run import BenchmarkRun, CaseResult, cleanup_orphans, new_run_id
 
 RUN_KEY = pytest.StashKey[BenchmarkRun]()
@@ -46,6 +49,9 @@ NO_CONFIG = (
 REPORT_ATTRIBUTE = "fmbench"
 CASE_SUMMARY_KEY = pytest.StashKey[dict[str, Any]]()
 CONTROLLER = "fmbench-controller"
+# A worker's log lines ride on its test reports and its workeroutput to the controller.
+RUN_LOG_KEY = pytest.StashKey[RunLog]()
+LOG_ATTRIBUTE = "fmbench_log"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -112,6 +118,8 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         bench_config = load_config(path, _placeholder_values(config.getoption("fmbench_set")),
                                    known_backends=backend_names())
+        # First, so nothing written from here on (logs, events, report) holds a secret.
+        register_config_secrets(bench_config.model_dump(mode="json", by_alias=True))
         cases = expand_cases(bench_config)
         preflight(bench_config)
         report_settings = prepare(bench_config, config.getoption("fmbench_budget"),
@@ -135,12 +143,18 @@ def pytest_configure(config: pytest.Config) -> None:
         results_dir = (base / "results" / bench_config.general.name / run_id).resolve()
         payload_dir = results_dir.parent / "payloads"
     if not workerinput:
+        if results:
+            _set_aside_previous_run(results_dir)
         _prepare_comparison(config, report_settings, bench_config.general.name,
                             results_dir if results else None)
     payload_dir = Path(workerinput.get("fmbench_payload_dir") or payload_dir)
+    # Workers have no terminal: their lines go to logs/ and are shipped to the controller.
+    run_log = RunLog(results_dir, workerinput.get("workerid", ""),
+                     echo=None if workerinput else _logger(config))
+    config.stash[RUN_LOG_KEY] = run_log
     run = BenchmarkRun(bench_config, run_id=run_id, results_dir=results_dir,
                        payload_dir=payload_dir, worker=workerinput.get("workerid", ""),
-                       log=_logger(config))
+                       log=run_log)
     config.stash[RUN_KEY] = run
     config.stash[CASES_KEY] = cases
     config.stash[REPORT_SETTINGS_KEY] = report_settings
@@ -149,6 +163,17 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(run), "fmbench-xdist")
     _install_sigterm(config)
+
+
+def _set_aside_previous_run(results_dir: Path) -> None:
+    """A reused results dir holds one run: an earlier run's files move to previous/<run id>/."""
+    try:
+        set_aside_previous_run(results_dir)
+    except OSError as exc:
+        raise pytest.UsageError(
+            f"{results_dir}: cannot move the previous run's files aside: {exc}\n"
+            "  fix: make the results directory writable, or pass another "
+            "--fmbench-results-dir") from None
 
 
 def _prepare_comparison(config: pytest.Config, settings: ReportSettings, name: str,
@@ -209,6 +234,11 @@ class XdistHooks:
         node.workerinput["fmbench_run_id"] = self.run.run_id
         node.workerinput["fmbench_results_dir"] = str(self.run.results_dir)
         node.workerinput["fmbench_payload_dir"] = str(self.run.payload_dir)
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """A worker's last lines (its session-end teardowns); absent if it crashed."""
+        for line in getattr(node, "workeroutput", {}).get(LOG_ATTRIBUTE) or []:
+            self.run.log(f"[{getattr(node.gateway, 'id', 'worker')}] {line}")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -288,13 +318,40 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     run = session.config.stash.get(RUN_KEY, None)
     if run is None:
         return
-    run.close()
-    if not hasattr(session.config, "workerinput"):
+    if hasattr(session.config, "workerinput"):
+        try:
+            run.close()
+        finally:
+            run_log = session.config.stash.get(RUN_LOG_KEY, None)
+            if run_log is not None:
+                session.config.workeroutput[LOG_ATTRIBUTE] = run_log.take()  # type: ignore[attr-defined]
+        return
+    # Controller: no step may raise out of this hook (pytest would print INTERNALERROR and
+    # skip the rest); a step that fails is one clear line and fails the run.
+    failures = [
+        _finish_step("closing the run", run.close),
         # Endpoints of crashed workers were never torn down by them: do it here.
-        cleanup_orphans(run)
-    if not hasattr(session.config, "workerinput") and run.results_dir.exists():
-        run.write_metadata({"args": list(session.config.invocation_params.args)})
-        _finish_report(session, run)
+        _finish_step("orphan cleanup", lambda: cleanup_orphans(run)),
+    ]
+    if run.results_dir.exists():
+        # The command line with --fmbench-set values masked (they may be secrets).
+        args = redact_args(list(session.config.invocation_params.args))
+        failures += [_finish_step("run.json", lambda: run.write_metadata({"args": args})),
+                     _finish_step("the report", lambda: _finish_report(session, run))]
+    failed = [failure for failure in failures if failure]
+    for line in failed:
+        run.log(f"[fmbench] ERROR {line}")
+    if failed and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _finish_step(label: str, step: Callable[[], object]) -> str:
+    """Run one session-finish step; '' when it worked, else the line that says why not."""
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001 - reported, and the run fails
+        return f"{label} failed: {type(exc).__name__}: {exc}"
+    return ""
 
 
 def _finish_report(session: pytest.Session, run: BenchmarkRun) -> None:
@@ -306,8 +363,12 @@ def _finish_report(session: pytest.Session, run: BenchmarkRun) -> None:
     missing = controller.missing if controller is not None else []
     outcome = finish(run.results_dir, run.config, settings, missing_cases=missing)
     session.config.stash[SESSION_REPORT_KEY] = outcome
-    write_step_summary(outcome)
     if not outcome.passed and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    summary_failure = _finish_step("the CI step summary", lambda: write_step_summary(outcome))
+    if summary_failure:
+        outcome.lines.append(summary_failure)
+        outcome.passed = False
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -339,6 +400,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     summary = item.stash.get(CASE_SUMMARY_KEY, None)
     if call.when == "call" and summary is not None:
         setattr(report, REPORT_ATTRIBUTE, summary)
+    run_log = item.config.stash.get(RUN_LOG_KEY, None)
+    if run_log is not None and hasattr(item.config, "workerinput"):
+        lines = run_log.take()  # deploy progress, warnings, teardown failures of this phase
+        if lines:
+            setattr(report, LOG_ATTRIBUTE, lines)
     return report
 
 
@@ -372,6 +438,13 @@ class Controller:
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        shipped = getattr(report, LOG_ATTRIBUTE, None)
+        run = self.config.stash.get(RUN_KEY, None)
+        if shipped and run is not None:  # a worker's lines, printed and logged here
+            worker = getattr(getattr(report, "node", None), "gateway", None)
+            prefix = f"[{worker.id}] " if worker is not None else ""
+            for line in shipped:
+                run.log(prefix + str(line))
         if report.when != "call":
             return
         self.completed.add(report.nodeid)

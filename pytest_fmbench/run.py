@@ -234,25 +234,44 @@ def cleanup_orphans(run: BenchmarkRun) -> list[str]:
 
     done = []
     for path in sorted(run.results_dir.glob("endpoints-*.jsonl")):
-        for event in orphaned_deploys(read_endpoint_events(path)):
-            name, description = event["experiment"], event.get("endpoint") or {}
-            experiment = run.config.experiment(name)
-            factory = backend_factory(experiment.resolved_backend or "")
-            cleanup = getattr(factory, "cleanup_orphan", None)
-            if cleanup is None:
-                run.log(f"[fmbench] WARNING: the endpoint of '{name}' was deployed by a worker "
-                        f"that died and may still be running: {description}")
-                continue
-            start = clock_now()
-            error = ""
+        try:
+            events = orphaned_deploys(read_endpoint_events(path))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            run.log(f"[fmbench] WARNING: cannot read {path.name} to find endpoints left by a "
+                    f"crashed worker: {type(exc).__name__}: {exc}")
+            continue
+        for event in events:
+            # One event's failure (a renamed experiment, a broken description) must not stop
+            # the others' cleanup, nor raise out of session finish.
             try:
-                cleanup(run.config, experiment, EndpointContext(run.run_id, run.results_dir, run.log),
-                        description)
-                run.log(f"[fmbench] tore down the endpoint of '{name}' left by a crashed worker")
-            except Exception as exc:  # noqa: BLE001 - report it and keep cleaning up
-                error = f"{type(exc).__name__}: {exc}"
-                run.log(f"[fmbench] WARNING: could not tear down '{name}' left by a crashed "
-                        f"worker: {error}")
-            record_teardown(run.results_dir / "endpoints.jsonl", name, start, error, description)
-            done.append(name)
+                if _cleanup_orphan(run, event, record_teardown, backend_factory):
+                    done.append(str(event["experiment"]))
+            except Exception as exc:  # noqa: BLE001 - reported; the rest still cleaned up
+                run.log(f"[fmbench] WARNING: could not clean up after a crashed worker "
+                        f"({event.get('experiment')!r}): {type(exc).__name__}: {exc}")
     return done
+
+
+def _cleanup_orphan(run: BenchmarkRun, event: dict[str, Any], record_teardown: Any,
+                    backend_factory: Any) -> bool:
+    """Tear down one endpoint a crashed worker left; False when its backend cannot."""
+    name, description = event["experiment"], event.get("endpoint") or {}
+    experiment = run.config.experiment(name)
+    factory = backend_factory(experiment.resolved_backend or "")
+    cleanup = getattr(factory, "cleanup_orphan", None)
+    if cleanup is None:
+        run.log(f"[fmbench] WARNING: the endpoint of '{name}' was deployed by a worker "
+                f"that died and may still be running: {description}")
+        return False
+    start = clock_now()
+    error = ""
+    try:
+        cleanup(run.config, experiment, EndpointContext(run.run_id, run.results_dir, run.log),
+                description)
+        run.log(f"[fmbench] tore down the endpoint of '{name}' left by a crashed worker")
+    except Exception as exc:  # noqa: BLE001 - report it and keep cleaning up
+        error = f"{type(exc).__name__}: {exc}"
+        run.log(f"[fmbench] WARNING: could not tear down '{name}' left by a crashed "
+                f"worker: {error}")
+    record_teardown(run.results_dir / "endpoints.jsonl", name, start, error, description)
+    return True

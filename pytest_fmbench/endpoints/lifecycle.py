@@ -17,6 +17,7 @@ from typing import Any
 from pytest_fmbench.clock import now_ns
 from pytest_fmbench.endpoints.base import Endpoint
 from pytest_fmbench.errors import FmbenchError
+from pytest_fmbench.redaction import redact
 
 Factory = Callable[[str], Endpoint]
 Warmup = Callable[[str, Endpoint], None]
@@ -109,7 +110,8 @@ class EndpointManager:
         row["endpoint"] = self._described.get(experiment, {})
         self._events_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._events_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row, default=str) + "\n")
+            # Descriptions and error texts (a log tail, a URL) may quote a secret.
+            handle.write(json.dumps(redact(row), default=str) + "\n")
 
 
 def read_endpoint_events(path: Path) -> list[dict[str, Any]]:
@@ -136,4 +138,4 @@ def record_teardown(events_path: Path, experiment: str, start: int, error: str,
            "orphan": True}
     events_path.parent.mkdir(parents=True, exist_ok=True)
     with open(events_path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row, default=str) + "\n")
+        handle.write(json.dumps(redact(row), default=str) + "\n")

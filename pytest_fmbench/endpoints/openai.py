@@ -33,6 +33,7 @@ from pytest_fmbench.endpoints.local_model import StopsOrphanedServer
 from pytest_fmbench.endpoints.openai_http import OpenAIClient
 from pytest_fmbench.endpoints.registry import EndpointContext
 from pytest_fmbench.errors import ConfigError, EndpointError
+from pytest_fmbench.redaction import redact_url
 
 _API_SUFFIX = re.compile(r"/v1/(chat/completions|completions)/?$")
 _OLLAMA_NATIVE = re.compile(r"/api/(generate|chat)/?$")
@@ -203,7 +204,7 @@ class OpenAIEndpoint(StopsOrphanedServer):
     def describe(self) -> dict[str, Any]:
         """Never the headers or the command (they may carry secrets)."""
         facts: dict[str, Any] = {
-            "backend": "openai", "url": self.base_url, "api": self.api,
+            "backend": "openai", "url": redact_url(self.base_url), "api": self.api,
             "model": self.settings.model or self.experiment.model_id,
             "stream": self.experiment.inference_spec.stream,
             "deploy": "command" if self.deploy_settings is not None else "bring-your-own",

@@ -23,6 +23,7 @@ from pytest_fmbench.load.monitor import LoopLagMonitor
 from pytest_fmbench.load.patterns import Completed, Dispatcher, LoadPlan, get_pattern
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.load.waves import plan_waves
+from pytest_fmbench.redaction import scrub
 
 T = TypeVar("T")
 Emit = Callable[[RequestRecord], None]
@@ -71,7 +72,9 @@ class RecordContext:
             last_byte_ns=result.last_byte_ns, first_token_ns=result.first_token_ns,
             first_reasoning_ns=result.first_reasoning_ns, prompt_tokens=prompt_tokens,
             completion_tokens=result.completion_tokens, token_source=result.token_source,
-            error=result.error, error_detail=result.error_detail, status=result.status,
+            error=result.error, status=result.status,
+            # An error body or message may echo a header or URL: scrubbed (errors only).
+            error_detail=scrub(result.error_detail) if result.error_detail else "",
             wave=done.wave, retries=result.retries, worker=self.worker, itl_us=result.itl_us,
             queued=done.queued, loop_lag_us=done.loop_lag_us, saturated=done.saturated,
         )

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from pytest_fmbench import __version__
+from pytest_fmbench import __version__, redaction
 from pytest_fmbench.budgets import BudgetSet, GateMode, GateResult, gate
 from pytest_fmbench.config.model import Config
 from pytest_fmbench.config.pricing import Price
@@ -167,7 +167,7 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
     errors: list[str] = []
     files: list[Path] = []
     info = experiment_info(config)
-    meta = run_metadata(results_dir, config, meta)
+    meta = redaction.redact(run_metadata(results_dir, config, meta))
     metrics, verdict = analysis.metrics, analysis.gate
 
     def attempt(label: str, action: Any) -> Any:
@@ -230,7 +230,7 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
                                plots=[p.name for p in drawn], config_used=config_used, prices=prices,
                                glossary=glossary(), errors=errors)
         temporary = report_path.with_name(report_path.name + ".tmp")
-        temporary.write_text(text, encoding="utf-8")
+        temporary.write_text(redaction.scrub(text, inline=False), encoding="utf-8")
         temporary.replace(report_path)
         return report_path
 
