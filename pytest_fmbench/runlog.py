@@ -13,6 +13,7 @@ copy is published to ``logs/<experiment>-server.log`` and the raw log is removed
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -82,4 +83,6 @@ def publish_log(raw: Path, published: Path, *, remove_raw: bool = True) -> Path 
             target.write(scrub(line))
     if remove_raw:
         raw.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            raw.parent.rmdir()  # the run's private folder, once its last log is published
     return published

@@ -238,6 +238,8 @@ class OpenAISettings(Section):
     model: str | None = None
     api_key_env: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    # Header name -> environment variable holding its value, so no secret sits in YAML.
+    headers_env: dict[str, str] = Field(default_factory=dict)
     extra_body: dict[str, Any] = Field(default_factory=dict)
     # Start the server ourselves (vllm serve, sglang, llama-server, ...); stopped on teardown.
     deploy: DeployCommand | None = None

@@ -17,7 +17,7 @@ from typing import Any
 from pytest_fmbench.clock import now_ns
 from pytest_fmbench.endpoints.base import Endpoint
 from pytest_fmbench.errors import FmbenchError
-from pytest_fmbench.redaction import redact
+from pytest_fmbench.redaction import redact, scrub
 
 Factory = Callable[[str], Endpoint]
 Warmup = Callable[[str, Endpoint], None]
@@ -86,6 +86,7 @@ class EndpointManager:
                 self._warmup(experiment, endpoint)
         except (FmbenchError, Exception) as exc:
             message = exc.render() if isinstance(exc, FmbenchError) else f"{type(exc).__name__}: {exc}"
+            message = scrub(message)  # it may quote the server log's tail or a URL
             self._failed[experiment] = f"deploying '{experiment}' failed: {message}"
             self._event(experiment, "deploy", start, message, endpoint)
             self.teardown(experiment)
