@@ -259,6 +259,32 @@ def test_throttled_requests_are_retried_counted_and_measured_on_the_final_attemp
     assert (r.last_byte_ns - r.sent_ns) / 1e9 < 0.5
 
 
+def test_a_throttled_and_retried_request_is_retry_wait_not_client_saturation(
+        aws_env: AwsRuntimeEmulator) -> None:
+    """REVIEW M3: the back-off is the server's doing; the client was on time."""
+    from pytest_fmbench.load.engine import RecordContext, run_load
+    from pytest_fmbench.load.patterns import LoadPlan
+    from pytest_fmbench.metrics import compute_metrics
+
+    aws_env.inject("throttle", times=2)
+    endpoint = bedrock(retry={"max_retries": 3, "backoff_s": 0.4, "max_backoff_s": 2})
+    records, lines = [], []
+    plan = LoadPlan(pattern="concurrency", concurrency=1, requests=1, timeout_s=5.0)
+    stats = run_load(plan, endpoint.client, [request(params(endpoint))],
+                     RecordContext("run", "br", "p.jsonl", 1, "br-p-c1"), records.append,
+                     log=lines.append)
+    [record] = records
+    assert record.ok and record.retries == 2
+    assert record.retry_wait_ns / 1e9 >= 0.6  # two back-offs and two throttled attempts
+    assert (record.first_sent_ns - record.scheduled_ns) / 1e9 < 0.05
+    assert not record.saturated and stats.saturated == 0
+    assert not any("client saturated" in line for line in lines)
+    assert any("retried after throttling" in line for line in lines)
+    metrics = compute_metrics(records).iloc[0]
+    assert metrics["retry_wait_max"] >= 0.6 and metrics["client_queue_max"] < 0.05
+    assert metrics["client_saturated"] == 0
+
+
 def test_retries_are_bounded(aws_env: AwsRuntimeEmulator) -> None:
     aws_env.inject("throttle", times=None)
     endpoint = bedrock(retry={"max_retries": 2, "backoff_s": 0.01})

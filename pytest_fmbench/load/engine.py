@@ -75,7 +75,8 @@ class RecordContext:
             error=result.error, status=result.status,
             # An error body or message may echo a header or URL: scrubbed (errors only).
             error_detail=scrub(result.error_detail) if result.error_detail else "",
-            wave=done.wave, retries=result.retries, worker=self.worker, itl_us=result.itl_us,
+            wave=done.wave, retries=result.retries, retry_wait_ns=result.retry_wait_ns,
+            worker=self.worker, itl_us=result.itl_us,
             queued=done.queued, loop_lag_us=done.loop_lag_us, saturated=done.saturated,
         )
 
@@ -90,9 +91,11 @@ class LoadStats:
     saturated: int = 0
     max_loop_lag_us: int = 0
     processes: int = 1
-    # sent - scheduled (µs) of requests that did not queue, and the waits of those that did.
+    # first sent - scheduled (µs) of requests that did not queue, and the waits of those
+    # that did; the retry waits (µs) of requests retried after throttling.
     dispatch_us: list[int] = dataclasses.field(default_factory=list)
     queue_wait_us: list[int] = dataclasses.field(default_factory=list)
+    retry_wait_us: list[int] = dataclasses.field(default_factory=list)
 
     def merge(self, other: LoadStats) -> None:
         self.recorded += other.recorded
@@ -102,6 +105,7 @@ class LoadStats:
         self.max_loop_lag_us = max(self.max_loop_lag_us, other.max_loop_lag_us)
         self.dispatch_us += other.dispatch_us
         self.queue_wait_us += other.queue_wait_us
+        self.retry_wait_us += other.retry_wait_us
 
     def dispatch_p(self, q: float) -> float:
         """A percentile of the dispatch delay in ms (0 without data)."""
@@ -123,6 +127,13 @@ class LoadStats:
                 f"{plan.concurrency} requests in flight and waited for a slot (wait p50 "
                 f"{np.percentile(waits, 50):.1f} ms, max {waits.max():.1f} ms): the endpoint "
                 f"did not keep up with {plan.rate:g} requests/s at that concurrency")
+        if self.retry_wait_us:
+            waits = np.array(self.retry_wait_us) / 1e6
+            lines.append(
+                f"[fmbench] {label}: {len(waits)} of {self.recorded} requests were retried after "
+                f"throttling (retry wait p50 {np.percentile(waits, 50):.2f} s, max "
+                f"{waits.max():.2f} s): the endpoint throttled; its retry wait is reported apart "
+                "(retry_wait_*), not as client overhead")
         if self.warmup:
             lines.append(f"[fmbench] {label}: {self.warmup} warm-up request(s) of the first "
                          f"{plan.warmup_s:g} s not recorded")
@@ -143,7 +154,10 @@ class Collector:
             stats.warmup += 1
             return
         stats.recorded += 1
-        delay_us = (done.result.sent_ns - done.scheduled_ns) // 1000
+        retry_wait_ns = done.result.retry_wait_ns
+        delay_us = (done.result.sent_ns - retry_wait_ns - done.scheduled_ns) // 1000
+        if retry_wait_ns:
+            stats.retry_wait_us.append(retry_wait_ns // 1000)
         if done.queued:
             stats.queued += 1
             stats.queue_wait_us.append(delay_us)

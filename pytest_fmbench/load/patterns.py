@@ -112,8 +112,11 @@ class Dispatcher:
             result = _failed(started, "client", f"{type(exc).__name__}: {exc}"[:500])
         finally:
             self.in_flight -= 1
-        lag = self.monitor.worst_since(result.sent_ns)
-        late = not queued and result.sent_ns - scheduled_ns > self.saturation_ns
+        # Saturation is the client's own lateness: from the first send (a retried request's
+        # back-off is the server throttling, not the client) and the loop lag since then.
+        first_sent = result.sent_ns - result.retry_wait_ns
+        lag = self.monitor.worst_since(first_sent)
+        late = not queued and first_sent - scheduled_ns > self.saturation_ns
         self.sink(Completed(request_id, wave, scheduled_ns, request, result, queued, warmup,
                             lag // 1000, late or lag > self.saturation_ns))
 

@@ -113,7 +113,10 @@ def glossary() -> str:
         ("Per request: **latency** = `last_byte − sent`; **TTFT** = `first_token − sent`; "
         "**TPOT** = `(last_byte − first_token) / (completion_tokens − 1)` for completion_tokens ≥ 2; "
         "**ITL** = each gap between consecutive content chunks, pooled over requests; "
-        "**client queue** = `sent − scheduled`. Token counts are server-reported when the backend "
+        "**client queue** = `first sent − scheduled` (the client's own lateness; `sent − scheduled` "
+        "for a request sent once); **retry wait** = `sent − first sent` (a request retried after "
+        "throttling: its earlier attempts and back-off, the server's doing; 0 when sent once). "
+        "`sent` is always the final attempt's send. Token counts are server-reported when the backend "
         "gives them, else counted with the configured tokenizer.\n"),
         ("Per combination (experiment × payload file × concurrency), over all its requests, never "
         "averaged over waves. Percentiles: linear interpolation (numpy's default), reported with "

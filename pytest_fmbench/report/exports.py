@@ -83,6 +83,8 @@ def per_request_table(table: pa.Table, info: Mapping[str, Any]) -> pa.Table:
     tpot = pc.if_else(pc.greater_equal(completion, 2), pc.round(pc.divide(span, pc.subtract(completion, 1)), 7),
                       pa.scalar(None, pa.float64()))
     first_sent = pc.min(table["sent_ns"]).as_py() if table.num_rows else 0
+    retry_wait = (pc.fill_null(table["retry_wait_ns"], 0) if "retry_wait_ns" in table.column_names
+                  else pa.array([0] * table.num_rows, pa.int64()))
     null_f = pa.nulls(table.num_rows, pa.float64())
     encoded = pc.dictionary_encode(table["experiment"]).combine_chunks()
     names = encoded.dictionary.to_pylist()
@@ -120,7 +122,9 @@ def per_request_table(table: pa.Table, info: Mapping[str, Any]) -> pa.Table:
         "retries": table["retries"],
         "token_source": table["token_source"],
         "elapsed_s": elapsed,
-        "client_queue_s": seconds(table["sent_ns"], table["scheduled_ns"]),
+        # from the first send: a retried request's back-off is in retry_wait_s, not here
+        "client_queue_s": seconds(pc.subtract(table["sent_ns"], retry_wait), table["scheduled_ns"]),
+        "retry_wait_s": seconds(retry_wait, pa.scalar(0, pa.int64())),
         # when it was sent, seconds after the first request of the run (timestamps: records*.jsonl)
         "sent_s": seconds(table["sent_ns"], pa.scalar(first_sent, pa.int64())),
     }
