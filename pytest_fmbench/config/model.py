@@ -154,6 +154,9 @@ class LoadSettings(Section):
     processes: int | None = Field(default=None, ge=1, le=256)
     # A request sent this late, or under this much event-loop lag, flags the client saturated.
     saturation_ms: float | None = Field(default=None, gt=0)
+    # Wall-clock cap on one case (a hung server or load process cannot hang the run): at
+    # the deadline the case stops, requests in flight are recorded as timeouts. Unset: none.
+    max_case_s: float | None = Field(default=None, gt=0)
 
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "min_iters_per_combination": 5,

@@ -47,6 +47,7 @@ def plan_load(settings: LoadSettings, concurrency: int, payload_count: int) -> L
         seed=settings.seed or 0, warmup_s=settings.warmup_s or 0.0,
         timeout_s=settings.request_timeout_s or 120.0,
         saturation_ms=settings.saturation_ms or 10.0,
+        max_case_s=settings.max_case_s,
         processes=processes if settings.pattern != "waves" else 1,
     )
 
@@ -91,6 +92,9 @@ class LoadStats:
     saturated: int = 0
     max_loop_lag_us: int = 0
     processes: int = 1
+    # Requests in flight when the case deadline (load.max_case_s) ended the case.
+    cut_off: int = 0
+    deadline_hit: bool = False
     # first sent - scheduled (µs) of requests that did not queue, and the waits of those
     # that did; the retry waits (µs) of requests retried after throttling.
     dispatch_us: list[int] = dataclasses.field(default_factory=list)
@@ -106,6 +110,8 @@ class LoadStats:
         self.dispatch_us += other.dispatch_us
         self.queue_wait_us += other.queue_wait_us
         self.retry_wait_us += other.retry_wait_us
+        self.cut_off += other.cut_off
+        self.deadline_hit = self.deadline_hit or other.deadline_hit
 
     def dispatch_p(self, q: float) -> float:
         """A percentile of the dispatch delay in ms (0 without data)."""
@@ -127,6 +133,11 @@ class LoadStats:
                 f"{plan.concurrency} requests in flight and waited for a slot (wait p50 "
                 f"{np.percentile(waits, 50):.1f} ms, max {waits.max():.1f} ms): the endpoint "
                 f"did not keep up with {plan.rate:g} requests/s at that concurrency")
+        if self.deadline_hit:
+            lines.append(
+                f"[fmbench] {label}: WARNING the case reached its deadline (load.max_case_s = "
+                f"{plan.max_case_s:g} s) and was stopped: {self.recorded} requests recorded, "
+                f"{self.cut_off} of them cut off in flight (recorded as timeout)")
         if self.retry_wait_us:
             waits = np.array(self.retry_wait_us) / 1e6
             lines.append(
@@ -195,15 +206,31 @@ async def drive(plan: LoadPlan, client: EndpointClient, requests: Sequence[Infer
     """Run the plan's pattern on the running loop with a loop-lag monitor; closes the client."""
     monitor = LoopLagMonitor()
     monitor.start()
+    dispatcher = Dispatcher(client, collector, plan, monitor)
     try:
         with quiet_gc():
-            await get_pattern(plan.pattern).run(plan, requests,
-                                                Dispatcher(client, collector, plan, monitor))
+            pattern = asyncio.ensure_future(get_pattern(plan.pattern).run(plan, requests, dispatcher))
+            await _within_deadline(pattern, dispatcher, plan.max_case_s, collector.stats)
     finally:
         await monitor.stop()
         await client.aclose()
     collector.stats.max_loop_lag_us = monitor.max_lag_ns // 1000
     return collector.stats
+
+
+async def _within_deadline(pattern: asyncio.Future[None], dispatcher: Dispatcher,
+                           max_case_s: float | None, stats: LoadStats) -> None:
+    """Wait for the pattern; at ``max_case_s`` stop it, keeping every record (REVIEW L4)."""
+    done, _ = await asyncio.wait({pattern}, timeout=max_case_s)
+    if done:
+        pattern.result()  # a pattern's own error propagates
+        return
+    stats.deadline_hit = True
+    dispatcher.cut_off = True  # before the cancellation reaches any request
+    pattern.cancel()
+    stats.cut_off = await dispatcher.cut_off_in_flight()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pattern
 
 
 def run_in_loop(make: Callable[[], Awaitable[T]]) -> T:
