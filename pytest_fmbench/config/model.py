@@ -9,9 +9,9 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock")
 
@@ -55,8 +55,19 @@ def _unknown_key_message(key: str, known: list[str]) -> str:
     return f"unknown key '{key}' ({hint})"
 
 
+def _bare_file_name(value: str) -> str:
+    """Names joined to the results dir (payload files, the run name) cannot leave it (L8)."""
+    if not value.strip() or value in (".", "..") or any(c in value for c in "/\\\0"):
+        raise ValueError(f"'{value}' must be a bare file name (no '/', '\\' or '..'): it is "
+                         "joined to the results directory")
+    return value
+
+
+BareFileName = Annotated[str, AfterValidator(_bare_file_name)]
+
+
 class General(Section):
-    name: str = "fmbench"
+    name: BareFileName = "fmbench"
     model_name: str | None = None
 
 
@@ -67,7 +78,7 @@ class Aws(Section):
 
 
 class DatasetFilter(Section):
-    payload_file: str
+    payload_file: BareFileName
     language: str | None = None
     min_length_in_tokens: int = Field(default=1, ge=0)
     max_length_in_tokens: int = Field(default=10**9, ge=1)
@@ -327,7 +338,7 @@ class Experiment(Section):
     accept_eula: bool | None = None
     inference_script: str | None = None
     inference_spec: InferenceSpec = Field(default_factory=InferenceSpec)
-    payload_files: list[str] = Field(min_length=1)
+    payload_files: list[BareFileName] = Field(min_length=1)
     concurrency_levels: list[int] = Field(min_length=1)
     env: dict[str, Any] | None = None
     # Ours.
