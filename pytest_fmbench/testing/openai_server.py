@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -233,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
                                 required_headers=dict(p.split("=", 1) for p in args.require_header),
                                 required_query=dict(p.split("=", 1) for p in args.require_query))
     # Like vLLM, which logs its non-default arguments (secrets included) at start.
-    print(f"non-default args: {vars(args)}", flush=True)
+    # (on stderr: the first line of stdout is the URL, for scripts that read it)
+    print(f"non-default args: {vars(args)}", file=sys.stderr, flush=True)
     with FakeOpenAIServer(behaviour, host=args.host, port=args.port, keep_bodies=False) as server:
         print(server.url, flush=True)
         while True:
