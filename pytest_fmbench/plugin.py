@@ -387,7 +387,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(RUN_KEY, None)
     if run is not None:
-        run.close()
+        failure = _finish_step("closing the run", run.close)  # never raise out of a hook
+        if failure:
+            run.log(f"[fmbench] ERROR {failure}")
     previous = config.stash.get(SIGTERM_KEY, None)
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)

@@ -29,6 +29,7 @@ from pytest_fmbench.errors import EndpointError
 from pytest_fmbench.load.engine import Collector, Emit, LoadStats, RecordContext, drive, run_in_loop
 from pytest_fmbench.load.patterns import LoadPlan
 from pytest_fmbench.load.records import RequestRecord
+from pytest_fmbench.redaction import scrub
 
 READY_TIMEOUT_S = 120.0
 # A child past the case deadline gets this long to send its cut-off records, then is killed.
@@ -120,6 +121,8 @@ def _collect(links: list[tuple[Any, Connection]], emit: Emit, stats: LoadStats,
                 continue
             if kind == "records":
                 for record in body:
+                    if record.error_detail:  # children know no secret values: scrub here
+                        record.error_detail = scrub(record.error_detail)
                     emit(record)
             elif kind == "done":
                 stats.merge(body)
