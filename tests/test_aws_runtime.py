@@ -269,7 +269,9 @@ def test_a_throttled_and_retried_request_is_retry_wait_not_client_saturation(
     aws_env.inject("throttle", times=2)
     endpoint = bedrock(retry={"max_retries": 3, "backoff_s": 0.4, "max_backoff_s": 2})
     records, lines = [], []
-    plan = LoadPlan(pattern="concurrency", concurrency=1, requests=1, timeout_s=5.0)
+    # Saturation threshold well under the retry wait (>= 0.6 s), above a busy CI's loop lag.
+    plan = LoadPlan(pattern="concurrency", concurrency=1, requests=1, timeout_s=5.0,
+                    saturation_ms=200.0)
     stats = run_load(plan, endpoint.client, [request(params(endpoint))],
                      RecordContext("run", "br", "p.jsonl", 1, "br-p-c1"), records.append,
                      log=lines.append)
