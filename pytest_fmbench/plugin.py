@@ -119,7 +119,8 @@ def pytest_configure(config: pytest.Config) -> None:
         bench_config = load_config(path, _placeholder_values(config.getoption("fmbench_set")),
                                    known_backends=backend_names())
         # First, so nothing written from here on (logs, events, report) holds a secret.
-        register_config_secrets(bench_config.model_dump(mode="json", by_alias=True))
+        register_config_secrets(bench_config.model_dump(mode="json", by_alias=True),
+                                placeholder_values=_placeholder_values(config.getoption("fmbench_set")))
         cases = expand_cases(bench_config)
         preflight(bench_config)
         report_settings = prepare(bench_config, config.getoption("fmbench_budget"),

@@ -207,6 +207,16 @@ def _inline_values(text: str) -> set[str]:
     return values
 
 
-def register_config_secrets(data: Any, environ: Mapping[str, str] | None = None) -> None:
-    """Remember a config's secret values, so every text written is scrubbed of them."""
+_SECRET_WORD = re.compile(r"(?i)key|token|secret|password|passwd|auth|credential|cookie")
+
+
+def register_config_secrets(data: Any, environ: Mapping[str, str] | None = None,
+                            placeholder_values: Mapping[str, str] | None = None) -> None:
+    """Remember a config's secret values, so every text written is scrubbed of them.
+
+    ``--fmbench-set`` values are always masked on the recorded command line; those whose
+    name says secret (``hf_token=...``) are also scrubbed from every text, wherever the
+    config put them (others, like ``region``, would blank ordinary words).
+    """
     KNOWN.add(secret_values(data, environ))
+    KNOWN.add(v for k, v in (placeholder_values or {}).items() if _SECRET_WORD.search(k))

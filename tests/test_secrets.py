@@ -194,3 +194,8 @@ def test_canary_secret_reaches_the_server_and_no_file_of_the_results_dir(
     leaks = [str(p.relative_to(out)) for p in files if CANARY.encode() in p.read_bytes()]
     assert leaks == []
     assert CANARY not in result.stdout.str()
+
+
+def test_fmbench_set_values_named_like_secrets_are_scrubbed_everywhere() -> None:
+    redaction.register_config_secrets({}, {}, {"hf_token": "hf_from_the_cli", "region": "us-east-1"})
+    assert scrub("token hf_from_the_cli in us-east-1") == f"token {REDACTED} in us-east-1"
