@@ -320,12 +320,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if run is None:
         return
     if hasattr(session.config, "workerinput"):
-        try:
-            run.close()
-        finally:
-            run_log = session.config.stash.get(RUN_LOG_KEY, None)
-            if run_log is not None:
-                session.config.workeroutput[LOG_ATTRIBUTE] = run_log.take()  # type: ignore[attr-defined]
+        failure = _finish_step("closing the run", run.close)
+        if failure:
+            run.log(f"[fmbench] ERROR {failure}")
+        run_log = session.config.stash.get(RUN_LOG_KEY, None)
+        if run_log is not None:  # its session-end lines (teardowns) go to the controller
+            session.config.workeroutput[LOG_ATTRIBUTE] = run_log.take()  # type: ignore[attr-defined]
         return
     # Controller: no step may raise out of this hook (pytest would print INTERNALERROR and
     # skip the rest); a step that fails is one clear line and fails the run.
