@@ -263,8 +263,8 @@ class RetrySettings(Section):
     """Our bounded retry policy for throttled requests (never infinite, always counted).
 
     A retried request's record measures its final attempt; ``retries`` counts the attempts
-    before it, and the time spent on them (with back-off) shows as client queue time
-    (``sent - scheduled``), never inside latency.
+    before it, and the time spent on them (with back-off) is its ``retry_wait_ns``
+    (``sent - first sent``, the ``retry_wait_*`` metrics), never latency nor client queue.
     """
 
     # Unset: the backend's default (Bedrock 3, SageMaker 0).

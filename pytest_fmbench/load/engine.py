@@ -122,7 +122,7 @@ class LoadStats:
         if self.saturated:
             lines.append(
                 f"[fmbench] {label}: WARNING client saturated for {self.saturated} of "
-                f"{self.recorded} requests (sent more than {plan.saturation_ms:g} ms late or "
+                f"{self.recorded} requests (first sent more than {plan.saturation_ms:g} ms late or "
                 f"event-loop lag above it; dispatch delay p99 {self.dispatch_p(99):.1f} ms, "
                 f"worst loop lag {self.max_loop_lag_us / 1000:.1f} ms): their timings include "
                 "client overhead; spread the load (load.processes) or send less")
