@@ -333,3 +333,16 @@ def test_parameters_bedrock_cannot_take_are_reported_not_sent(aws_env: AwsRuntim
     [r] = invoke_all(endpoint, [request(params(endpoint))])
     assert r.error == "" and aws_env.requests[0].body["inferenceConfig"] == {"maxTokens": 4}
     assert json.dumps(aws_env.requests[0].body).count("frequency_penalty") == 0
+
+
+def test_the_report_shows_retry_wait_apart_from_client_overhead() -> None:
+    import pandas as pd
+
+    from pytest_fmbench.report.markdown import _client
+
+    metrics = pd.DataFrame([{"client_queue_max": 0.001, "client_queue_p95": 0.001, "latency_p50": 0.1,
+                             "client_loop_lag_max": 0.001, "client_saturated": 0, "requests": 3,
+                             "retry_wait_max": 0.75}])
+    text = "\n".join(_client(metrics))
+    assert "retried after throttling waited up to 0.75 s" in text
+    assert "Client saturated" not in text and "may have been a bottleneck" not in text
