@@ -29,6 +29,7 @@ from pytest_fmbench.report.session import (
     finish,
     prepare,
 )
+from pytest_fmbench.redaction import KNOWN as KNOWN_SECRETS
 from pytest_fmbench.redaction import redact_args, register_config_secrets
 from pytest_fmbench.results_dir import set_aside_previous_run
 from pytest_fmbench.runlog import RunLog
@@ -394,6 +395,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     previous = config.stash.get(SIGTERM_KEY, None)
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
+    KNOWN_SECRETS.clear()  # this run's; a later run in the same process has its own
 
 
 @pytest.hookimpl(wrapper=True)

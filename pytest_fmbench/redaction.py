@@ -13,7 +13,8 @@ Redaction does not guess from key names which values are secret; it redacts by *
 The values found in those places (and the values of the environment variables a config
 names: ``api_key_env``, ``headers_env``, any ``*_env`` key) are also registered in
 ``KNOWN``, so free text written anywhere (logs, server logs, error details, the report) is
-scrubbed of them by ``scrub``.
+scrubbed of them by ``scrub``. Env values join ``KNOWN`` when their name says secret or they
+look like a credential: ``VLLM_LOGGING_LEVEL: WARNING`` must not blank every "WARNING".
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ def _mask_assignment(pair: str) -> str:
     return f"{key}={REDACTED}" if sep else scrub(pair)
 
 
+_SECRET_WORD = re.compile(r"(?i)key|token|secret|password|passwd|auth|credential|cookie")
+
+
 # -- what a config holds -----------------------------------------------------------------------
 
 def secret_values(data: Any, environ: Mapping[str, str] | None = None) -> set[str]:
@@ -170,8 +174,11 @@ def secret_values(data: Any, environ: Mapping[str, str] | None = None) -> set[st
     def walk(value: Any, key: str = "") -> None:
         lowered = key.lower()
         if isinstance(value, Mapping):
-            if lowered in SECRET_MAPPINGS:
+            if lowered == "headers":
                 found.update(str(v) for v in value.values() if v is not None)
+            if lowered == "env":  # scrubbed from free text when secret by name or by look
+                found.update(str(v) for k, v in value.items()
+                             if v is not None and (_SECRET_WORD.search(str(k)) or _token_like(str(v))))
             if lowered == "headers_env":
                 found.update(environ[str(v)] for v in value.values() if environ.get(str(v)))
             for k, v in value.items():
@@ -190,6 +197,12 @@ def secret_values(data: Any, environ: Mapping[str, str] | None = None) -> set[st
     return found
 
 
+def _token_like(value: str) -> bool:
+    """A value that looks like a credential (``hf_AbC123...``), not a setting (``WARNING``)."""
+    letters_and_digits = any(c.isalpha() for c in value) and any(c.isdigit() for c in value)
+    return " " not in value and len(value) >= 8 and (letters_and_digits or len(value) >= 24)
+
+
 def _inline_values(text: str) -> set[str]:
     values: set[str] = set()
     for match in _URL.finditer(text):
@@ -205,9 +218,6 @@ def _inline_values(text: str) -> set[str]:
     for pattern in _INLINE:
         values.update(m.group(2).strip("\"'") for m in pattern.finditer(text))
     return values
-
-
-_SECRET_WORD = re.compile(r"(?i)key|token|secret|password|passwd|auth|credential|cookie")
 
 
 def register_config_secrets(data: Any, environ: Mapping[str, str] | None = None,

@@ -202,3 +202,11 @@ def test_canary_secret_reaches_the_server_and_no_file_of_the_results_dir(
 def test_fmbench_set_values_named_like_secrets_are_scrubbed_everywhere() -> None:
     redaction.register_config_secrets({}, {}, {"hf_token": "hf_from_the_cli", "region": "us-east-1"})
     assert scrub("token hf_from_the_cli in us-east-1") == f"token {REDACTED} in us-east-1"
+
+
+def test_env_settings_are_redacted_in_place_but_only_credentials_scrubbed_from_text() -> None:
+    data = {"deploy": {"env": {"VLLM_LOGGING_LEVEL": "WARNING", "HF_TOKEN": "plainword",
+                               "UNLABELLED": "ak9Zq7Lm2Pw4"}}}
+    assert redact(data)["deploy"]["env"] == {k: REDACTED for k in data["deploy"]["env"]}
+    redaction.register_config_secrets(data, {})
+    assert scrub("WARNING plainword ak9Zq7Lm2Pw4") == f"WARNING {REDACTED} {REDACTED}"
