@@ -214,7 +214,10 @@ def _inline_values(text: str) -> set[str]:
             values.add(parts.password)
         if parts.username and parts.password is None:
             values.add(parts.username)  # a token given as the whole userinfo
-        values.update(v for _, sep, v in (i.partition("=") for i in parts.query.split("&")) if sep and v)
+        # Query values are masked in place always; scrubbed from text when credential-like
+        # (``key=...``), not ``api-version=2024-02-01``.
+        values.update(v for k, sep, v in (i.partition("=") for i in parts.query.split("&"))
+                      if sep and v and (_SECRET_WORD.search(k) or _token_like(v)))
     for pattern in _INLINE:
         values.update(m.group(2).strip("\"'") for m in pattern.finditer(text))
     return values

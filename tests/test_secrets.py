@@ -210,3 +210,8 @@ def test_env_settings_are_redacted_in_place_but_only_credentials_scrubbed_from_t
     assert redact(data)["deploy"]["env"] == {k: REDACTED for k in data["deploy"]["env"]}
     redaction.register_config_secrets(data, {})
     assert scrub("WARNING plainword ak9Zq7Lm2Pw4") == f"WARNING {REDACTED} {REDACTED}"
+
+
+def test_query_settings_stay_readable_in_text_while_keys_are_scrubbed() -> None:
+    redaction.register_config_secrets({"base_url": "https://gw/v1?api-version=2024-02-01&key=k3y-value"}, {})
+    assert scrub("day 2024-02-01 key k3y-value") == f"day 2024-02-01 key {REDACTED}"
