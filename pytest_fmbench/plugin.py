@@ -19,6 +19,8 @@ from pytest_fmbench.endpoints.lifecycle import DeployFailed
 from pytest_fmbench.endpoints.registry import backend_names, preflight
 from pytest_fmbench.errors import ConfigError, FmbenchError
 from pytest_fmbench.load.summary import format_summary
+from pytest_fmbench.redaction import KNOWN as KNOWN_SECRETS
+from pytest_fmbench.redaction import redact_args, register_config_secrets
 from pytest_fmbench.report.ci import junit_properties, write_step_summary
 from pytest_fmbench.report.history import load_baseline, parse_thresholds, resolve_baseline
 from pytest_fmbench.report.session import (
@@ -29,11 +31,9 @@ from pytest_fmbench.report.session import (
     finish,
     prepare,
 )
-from pytest_fmbench.redaction import KNOWN as KNOWN_SECRETS
-from pytest_fmbench.redaction import redact_args, register_config_secrets
 from pytest_fmbench.results_dir import set_aside_previous_run
-from pytest_fmbench.runlog import RunLog
 from pytest_fmbench.run import BenchmarkRun, CaseResult, cleanup_orphans, new_run_id
+from pytest_fmbench.runlog import RunLog
 
 RUN_KEY = pytest.StashKey[BenchmarkRun]()
 CASES_KEY = pytest.StashKey[list[Case]]()

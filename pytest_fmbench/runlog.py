@@ -79,8 +79,7 @@ def publish_log(raw: Path, published: Path, *, remove_raw: bool = True) -> Path 
     published.parent.mkdir(parents=True, exist_ok=True)
     with open(raw, encoding="utf-8", errors="replace") as source, \
             open(published, "a", encoding="utf-8") as target:
-        for line in source:
-            target.write(scrub(line))
+        target.writelines(scrub(line) for line in source)
     if remove_raw:
         raw.unlink(missing_ok=True)
         with contextlib.suppress(OSError):

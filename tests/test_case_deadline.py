@@ -32,7 +32,7 @@ class HangingClient:
         sent = now_ns()
         if self.calls > self.answered:
             if self.blocking:
-                time.sleep(3600)  # a child whose event loop is stuck
+                time.sleep(3600)  # noqa: ASYNC251 - a child whose event loop is stuck
             await asyncio.sleep(3600)
         return InferenceResult(sent_ns=sent, last_byte_ns=now_ns(), completion_tokens=1)
 

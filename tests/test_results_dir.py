@@ -127,8 +127,8 @@ def test_a_reused_results_dir_reports_only_its_own_run_and_compares_with_the_fir
     assert results["run"]["run_id"] != first_id
     assert results["requests"] == first_requests  # its own requests only, not both runs'
     assert {m["transactions"] for m in results["metrics"]} == {3}
-    second.stdout.fnmatch_lines([f"*compared with *ci/previous/{first_id}/benchmark.json: "
-                                 "0 regression(s) in 2 common case(s)*"])
+    second.stdout.fnmatch_lines([(f"*compared with *ci/previous/{first_id}/benchmark.json: "
+                                  "0 regression(s) in 2 common case(s)*")])
     assert "old-name" not in second.stdout.str()  # the stale event file is not rescanned
     assert (ci / PREVIOUS_DIR / first_id / "endpoints-gw7.jsonl").exists()
     assert (ci / "payloads").is_dir() and not (ci / PREVIOUS_DIR / first_id / "payloads").exists()

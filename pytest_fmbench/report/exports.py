@@ -16,7 +16,6 @@ import pyarrow.csv as pa_csv
 
 from pytest_fmbench import redaction
 from pytest_fmbench.config.model import Config
-from pytest_fmbench.redaction import REDACTED as REDACTED
 
 # FMBench's all_metrics.csv columns (its 3_run_inference notebook), in its order, from ours.
 FMBENCH_METRIC_COLUMNS = {
@@ -137,6 +136,9 @@ def write_per_request(path: Path, table: pa.Table, info: Mapping[str, Any]) -> P
 
 
 # -- the config used, secrets redacted -----------------------------------------------------------
+
+REDACTED = redaction.REDACTED
+
 
 def redact(data: Any, environ: Mapping[str, str] | None = None) -> Any:
     """A copy with secrets redacted by place (allow-list, see ``pytest_fmbench.redaction``)."""
