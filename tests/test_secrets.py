@@ -215,3 +215,51 @@ def test_env_settings_are_redacted_in_place_but_only_credentials_scrubbed_from_t
 def test_query_settings_stay_readable_in_text_while_keys_are_scrubbed() -> None:
     redaction.register_config_secrets({"base_url": "https://gw/v1?api-version=2024-02-01&key=k3y-value"}, {})
     assert scrub("day 2024-02-01 key k3y-value") == f"day 2024-02-01 key {REDACTED}"
+
+
+# -- openai.headers_env ----------------------------------------------------------------------
+
+def _headers_env_experiment(headers_env: str) -> object:
+    from tests.test_openai_backend import experiment_config
+
+    return experiment_config(f"""\
+        - name: gw
+          backend: openai
+          openai: {{base_url: "http://127.0.0.1:9", headers_env: {headers_env}}}
+          payload_files: [payload_a.jsonl]
+          concurrency_levels: [1]
+        """)
+
+
+@pytest.mark.parametrize("headers_env, value, message", [
+    ("{X-Gw-Key: FMB_UNSET_VAR}", None, "FMB_UNSET_VAR (header X-Gw-Key) is not set"),
+    ("{X-Gw-Key: FMB_GW_VAR}", "abc\n", "FMB_GW_VAR (header X-Gw-Key) holds a line break"),
+    ('{"X Gw": FMB_GW_VAR}', "abc", "header 'X Gw'"),
+])
+def test_headers_env_mistakes_are_config_errors_that_never_echo_the_value(
+        monkeypatch: pytest.MonkeyPatch, headers_env: str, value: str | None, message: str) -> None:
+    from pytest_fmbench.endpoints.openai import OpenAIEndpoint
+    from pytest_fmbench.errors import ConfigError
+
+    monkeypatch.delenv("FMB_UNSET_VAR", raising=False)
+    if value is not None:
+        monkeypatch.setenv("FMB_GW_VAR", value)
+    config = _headers_env_experiment(headers_env)
+    with pytest.raises(ConfigError) as raised:
+        OpenAIEndpoint.preflight(config, config.experiments[0])  # type: ignore[attr-defined]
+    text = raised.value.render()
+    assert message in text and "openai.headers_env" in text and "abc" not in text
+
+
+def test_headers_env_values_are_sent_from_the_environment(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pytest_fmbench.endpoints.openai import OpenAIEndpoint
+    from pytest_fmbench.endpoints.registry import EndpointContext
+
+    monkeypatch.setenv("FMB_GW_VAR", "gw-secret-1")
+    config = _headers_env_experiment("{Ocp-Apim-Subscription-Key: FMB_GW_VAR}")
+    endpoint = OpenAIEndpoint(config, config.experiments[0],  # type: ignore[attr-defined]
+                              EndpointContext("run", tmp_path))
+    client = endpoint.client()
+    assert client.headers["Ocp-Apim-Subscription-Key"] == "gw-secret-1"  # type: ignore[attr-defined]
+    assert "gw-secret-1" not in str(endpoint.describe())
