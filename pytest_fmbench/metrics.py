@@ -65,12 +65,19 @@ _LIST: list[Metric] = [
              "`(last_byte − first_token) / (completion_tokens − 1)`, completion_tokens ≥ 2"),
     *_family("itl", "inter-token latency", "s",
              "each gap between consecutive content chunks, pooled over successful requests"),
-    Metric("client_queue_mean", "s", "lower", "mean client queue: `sent − scheduled` (should be ~0)"),
-    Metric("client_queue_p95", "s", "lower", "95th percentile of client queue `sent − scheduled`"),
-    Metric("client_queue_max", "s", "lower", "largest client queue `sent − scheduled`"),
+    Metric("client_queue_mean", "s", "lower",
+           "mean client queue: `first sent − scheduled` (`sent − scheduled` unless retried; should be ~0)"),
+    Metric("client_queue_p95", "s", "lower", "95th percentile of client queue `first sent − scheduled`"),
+    Metric("client_queue_max", "s", "lower", "largest client queue `first sent − scheduled`"),
     Metric("client_saturated", "requests", "lower",
-           "requests the client itself was late for (sent over `load.saturation_ms` after due, or "
-           "its event loop lagged more while they were in flight): their timings include client overhead"),
+           "requests the client itself was late for (first sent over `load.saturation_ms` after due, "
+           "or its event loop lagged more while they were in flight): their timings include client "
+           "overhead; a throttled request's retries never count"),
+    Metric("retry_wait_mean", "s", "lower",
+           "mean retry wait: `sent − first sent`, the earlier attempts and back-off of requests "
+           "retried after throttling (0 when not retried), over all requests"),
+    Metric("retry_wait_p95", "s", "lower", "95th percentile of retry wait `sent − first sent`"),
+    Metric("retry_wait_max", "s", "lower", "largest retry wait `sent − first sent`"),
     Metric("client_loop_lag_max", "s", "lower",
            "worst event-loop lag of the client while a request was in flight"),
     Metric("transactions_per_minute", "txn/min", "higher", "TPM: successful requests / duration × 60"),
@@ -129,6 +136,9 @@ def _category(column: pa.ChunkedArray) -> pd.Categorical:
 def request_frame(table: pa.Table) -> pd.DataFrame:
     """One row per request with the derived per-request figures of METRICS.md (seconds)."""
     completion = _float(table["completion_tokens"])
+    # Older records have no retry_wait_ns: 0 (their sent is the first send too).
+    retry_wait = np.nan_to_num(_float(table["retry_wait_ns"])) if "retry_wait_ns" in table.column_names \
+        else np.zeros(table.num_rows)
     tpot_span = _seconds(table["last_byte_ns"], table["first_token_ns"])
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot = np.where(completion >= 2, tpot_span / (completion - 1), np.nan)
@@ -140,7 +150,8 @@ def request_frame(table: pa.Table) -> pd.DataFrame:
         "latency_s": _seconds(table["last_byte_ns"], table["sent_ns"]),
         "ttft_s": _seconds(table["first_token_ns"], table["sent_ns"]),
         "tpot_s": tpot,
-        "client_queue_s": _seconds(table["sent_ns"], table["scheduled_ns"]),
+        "client_queue_s": _seconds(table["sent_ns"], table["scheduled_ns"]) - retry_wait / 1e9,
+        "retry_wait_s": retry_wait / 1e9,
         "saturated": np.asarray(pc.fill_null(table["saturated"], False).to_numpy(zero_copy_only=False),
                                 dtype=bool),
         "loop_lag_s": _float(table["loop_lag_us"]) / 1e6,
@@ -207,6 +218,10 @@ def compute_metrics(
     out["client_queue_mean"] = queue.mean()
     out["client_queue_p95"] = queue.quantile(0.95)
     out["client_queue_max"] = queue.max()
+    retry = groups["retry_wait_s"]
+    out["retry_wait_mean"] = retry.mean()
+    out["retry_wait_p95"] = retry.quantile(0.95)
+    out["retry_wait_max"] = retry.max()
     out["client_saturated"] = groups["saturated"].sum().astype(int)
     out["client_loop_lag_max"] = groups["loop_lag_s"].max()
 

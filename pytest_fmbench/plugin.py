@@ -20,6 +20,8 @@ from pytest_fmbench.endpoints.lifecycle import DeployFailed
 from pytest_fmbench.endpoints.registry import backend_names
 from pytest_fmbench.errors import ConfigError, FmbenchError
 from pytest_fmbench.load.summary import format_summary
+from pytest_fmbench.redaction import KNOWN as KNOWN_SECRETS
+from pytest_fmbench.redaction import redact_args, register_config_secrets
 from pytest_fmbench.report.ci import junit_properties, write_step_summary
 from pytest_fmbench.report.history import load_baseline, parse_thresholds, resolve_baseline
 from pytest_fmbench.report.session import (
@@ -30,6 +32,7 @@ from pytest_fmbench.report.session import (
     finish,
     prepare,
 )
+from pytest_fmbench.results_dir import set_aside_previous_run
 from pytest_fmbench.run import (
     BenchmarkRun,
     CaseResult,
@@ -37,10 +40,11 @@ from pytest_fmbench.run import (
     cleanup_orphans,
     new_run_id,
 )
+from pytest_fmbench.runlog import RunLog
+from pytest_fmbench.safety.net import DISABLE_ENV, SafetyNet
 from pytest_fmbench.safety.spend import estimate, estimate_lines, offline_prices
 from pytest_fmbench.selection import check_selected, price_selected, selected_experiments
 from pytest_fmbench.timeouts import case_timeout_s, parse_case_timeout
-from pytest_fmbench.safety.net import DISABLE_ENV, SafetyNet
 
 RUN_KEY = pytest.StashKey[BenchmarkRun]()
 CASES_KEY = pytest.StashKey[list[Case]]()
@@ -59,6 +63,9 @@ NO_CONFIG = (
 REPORT_ATTRIBUTE = "fmbench"
 CASE_SUMMARY_KEY = pytest.StashKey[dict[str, Any]]()
 CONTROLLER = "fmbench-controller"
+# A worker's log lines ride on its test reports and its workeroutput to the controller.
+RUN_LOG_KEY = pytest.StashKey[RunLog]()
+LOG_ATTRIBUTE = "fmbench_log"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -163,6 +170,9 @@ def pytest_configure(config: pytest.Config) -> None:
     try:
         bench_config = load_config(path, _placeholder_values(config.getoption("fmbench_set")),
                                    known_backends=backend_names())
+        # First, so nothing written from here on (logs, events, report) holds a secret.
+        register_config_secrets(bench_config.model_dump(mode="json", by_alias=True),
+                                placeholder_values=_placeholder_values(config.getoption("fmbench_set")))
         cases = expand_cases(bench_config)
         read_dir = _read_dir(config)
         use_read_dir_pricing(bench_config, read_dir)
@@ -195,13 +205,19 @@ def pytest_configure(config: pytest.Config) -> None:
         results_dir = (base / "results" / bench_config.general.name / run_id).resolve()
         payload_dir = results_dir.parent / "payloads"
     if not workerinput:
+        if results:
+            _set_aside_previous_run(results_dir)
         _prepare_comparison(config, report_settings, bench_config.general.name,
                             results_dir if results else None)
     payload_dir = Path(workerinput.get("fmbench_payload_dir") or payload_dir)
+    # Workers have no terminal: their lines go to logs/ and are shipped to the controller.
+    run_log = RunLog(results_dir, workerinput.get("workerid", ""),
+                     echo=None if workerinput else _logger(config))
+    config.stash[RUN_LOG_KEY] = run_log
     run = BenchmarkRun(bench_config, run_id=run_id, results_dir=results_dir,
                        payload_dir=payload_dir, worker=workerinput.get("workerid", ""),
-                       log=_logger(config), read_dir=read_dir,
-                       safety=_safety_net(run_id, results_dir, workerinput, _logger(config)),
+                       log=run_log, read_dir=read_dir,
+                       safety=_safety_net(run_id, results_dir, workerinput, run_log),
                        teardown_deadline_s=_teardown_timeout(config))
     config.stash[RUN_KEY] = run
     config.stash[CASES_KEY] = cases
@@ -267,6 +283,17 @@ def _safety_net(run_id: str, results_dir: Path, workerinput: dict[str, Any],
                      enabled=os.environ.get(DISABLE_ENV) != "1", log=log)
 
 
+def _set_aside_previous_run(results_dir: Path) -> None:
+    """A reused results dir holds one run: an earlier run's files move to previous/<run id>/."""
+    try:
+        set_aside_previous_run(results_dir)
+    except OSError as exc:
+        raise pytest.UsageError(
+            f"{results_dir}: cannot move the previous run's files aside: {exc}\n"
+            "  fix: make the results directory writable, or pass another "
+            "--fmbench-results-dir") from None
+
+
 def _prepare_comparison(config: pytest.Config, settings: ReportSettings, name: str,
                         results_dir: Path | None) -> None:
     reference = config.getoption("fmbench_compare")
@@ -329,9 +356,13 @@ class XdistHooks:
         node.workerinput.update(self.run.safety.workerinput())
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        """A crashed worker's endpoints are deleted now, not at session end."""
+        """A worker went down: print its last lines (its session-end teardowns; absent if
+        it crashed), and delete a crashed worker's endpoints now, not at session end."""
         worker = str(getattr(node, "workerinput", {}).get("workerid") or node.gateway.id)
-        left = getattr(node, "workeroutput", {}).get("fmbench_left_running")
+        output = getattr(node, "workeroutput", {})
+        for line in output.get(LOG_ATTRIBUTE) or []:
+            self.run.log(f"[{worker}] {line}")
+        left = output.get("fmbench_left_running")
         if left:
             self.run.workers_left.extend(left)
         if error:
@@ -436,24 +467,48 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     run = session.config.stash.get(RUN_KEY, None)
     if run is None:
         return
-    run.close()
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is not None:
+    if hasattr(session.config, "workerinput"):
+        failure = _finish_step("closing the run", run.close)
+        if failure:
+            run.log(f"[fmbench] ERROR {failure}")
+        workeroutput = session.config.workeroutput  # type: ignore[attr-defined]
         workeroutput["fmbench_left_running"] = run.left_running()
+        run_log = session.config.stash.get(RUN_LOG_KEY, None)
+        if run_log is not None:  # its session-end lines (teardowns) go to the controller
+            workeroutput[LOG_ATTRIBUTE] = run_log.take()
         run.safety.close(done=True)
         return
+    # Controller: no step may raise out of this hook (pytest would print INTERNALERROR and
+    # skip the rest); a step that fails is one clear line and fails the run.
+    failures = [_finish_step("closing the run", run.close)]
     if session.config.option.collectonly:
         run.safety.close(done=True)
         return  # nothing ran: no report, no verdict
     # Endpoints of crashed workers were never torn down by them: those not already done
     # when the worker went down are done here.
-    run.wait_orphan_cleanups()
-    cleanup_orphans(run)
+    failures += [_finish_step("waiting for orphan cleanups", run.wait_orphan_cleanups),
+                 _finish_step("orphan cleanup", lambda: cleanup_orphans(run))]
     if run.results_dir.exists():
-        run.write_metadata({"args": list(session.config.invocation_params.args)})
-        _finish_report(session, run)
-    _fail_if_left_running(session, run)
+        # The command line with --fmbench-set values masked (they may be secrets).
+        args = redact_args(list(session.config.invocation_params.args))
+        failures += [_finish_step("run.json", lambda: run.write_metadata({"args": args})),
+                     _finish_step("the report", lambda: _finish_report(session, run))]
+    failures += [_finish_step("the left-running check", lambda: _fail_if_left_running(session, run))]
+    failed = [failure for failure in failures if failure]
+    for line in failed:
+        run.log(f"[fmbench] ERROR {line}")
+    if failed and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     run.safety.close(done=True)
+
+
+def _finish_step(label: str, step: Callable[[], object]) -> str:
+    """Run one session-finish step; '' when it worked, else the line that says why not."""
+    try:
+        step()
+    except Exception as exc:  # noqa: BLE001 - reported, and the run fails
+        return f"{label} failed: {type(exc).__name__}: {exc}"
+    return ""
 
 
 def _fail_if_left_running(session: pytest.Session, run: BenchmarkRun) -> None:
@@ -473,10 +528,11 @@ def _fail_if_left_running(session: pytest.Session, run: BenchmarkRun) -> None:
 
 
 def _write_step_summary(outcome: SessionReport) -> None:
-    try:
-        write_step_summary(outcome)
-    except OSError as exc:  # never INTERNALERROR at session end
-        outcome.lines.append(f"could not write the CI step summary: {exc}")
+    """Never INTERNALERROR at session end: a summary that cannot be written fails the run."""
+    failure = _finish_step("the CI step summary", lambda: write_step_summary(outcome))
+    if failure:
+        outcome.lines.append(failure)
+        outcome.passed = False
 
 
 def _finish_report(session: pytest.Session, run: BenchmarkRun) -> None:
@@ -527,11 +583,14 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.stash.get(RUN_KEY, None)
     if run is not None:
-        run.close()
+        failure = _finish_step("closing the run", run.close)  # never raise out of a hook
+        if failure:
+            run.log(f"[fmbench] ERROR {failure}")
         run.safety.close(done=True)
     previous = config.stash.get(SIGTERM_KEY, None)
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
+    KNOWN_SECRETS.clear()  # this run's; a later run in the same process has its own
 
 
 @pytest.hookimpl(wrapper=True)
@@ -541,6 +600,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
     summary = item.stash.get(CASE_SUMMARY_KEY, None)
     if call.when == "call" and summary is not None:
         setattr(report, REPORT_ATTRIBUTE, summary)
+    run_log = item.config.stash.get(RUN_LOG_KEY, None)
+    if run_log is not None and hasattr(item.config, "workerinput"):
+        lines = run_log.take()  # deploy progress, warnings, teardown failures of this phase
+        if lines:
+            setattr(report, LOG_ATTRIBUTE, lines)
     return report
 
 
@@ -612,6 +676,13 @@ class Controller:
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        shipped = getattr(report, LOG_ATTRIBUTE, None)
+        run = self.config.stash.get(RUN_KEY, None)
+        if shipped and run is not None:  # a worker's lines, printed and logged here
+            worker = getattr(getattr(report, "node", None), "gateway", None)
+            prefix = f"[{worker.id}] " if worker is not None else ""
+            for line in shipped:
+                run.log(prefix + str(line))
         if report.when != "call" or report.skipped:  # a skipped case measured nothing
             return
         self.completed.add(report.nodeid)

@@ -403,7 +403,6 @@ def cleanup_orphans(run: BenchmarkRun, worker: str | None = None) -> list[str]:
     with the description its endpoint logged at deploy. What cannot be deleted is added to
     ``run.orphans_left`` (reported like a failed teardown).
     """
-    from pytest_fmbench.endpoints.base import SupportsOrphanCleanup
     from pytest_fmbench.endpoints.lifecycle import (
         orphaned_deploys,
         read_endpoint_events,
@@ -444,31 +443,51 @@ def cleanup_orphans(run: BenchmarkRun, worker: str | None = None) -> list[str]:
     pattern = f"endpoints-{worker}.jsonl" if worker else "endpoints-*.jsonl"
     for path in sorted(run.results_dir.glob(pattern)):
         owner = path.stem.removeprefix("endpoints-")
-        for event in orphaned_deploys(read_endpoint_events(path)):
-            name, description = event["experiment"], event.get("endpoint") or {}
+        try:
+            events = orphaned_deploys(read_endpoint_events(path))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            run.log(f"[fmbench] WARNING: cannot read {path.name} to find endpoints left by a "
+                    f"crashed worker: {type(exc).__name__}: {exc}")
+            continue
+        for event in events:
+            name = str(event.get("experiment"))
             if (owner, name) in covered or name in done:
                 continue
-            experiment = run.config.experiment(name)
-            factory = backend_factory(experiment.resolved_backend or "")
-            if not isinstance(factory, SupportsOrphanCleanup):
-                run.log(f"[fmbench] WARNING: the endpoint of '{name}' was deployed by a worker "
-                        f"that died and may still be running: {description}")
-                run.orphans_left.append({"experiment": name, "error": "no orphan cleanup for "
-                                         "its backend", "description": description})
-                continue
-            start = clock_now()
-            error = ""
+            # One event's failure (a renamed experiment, a broken description) must not stop
+            # the others' cleanup, nor raise out of session finish.
             try:
-                factory.cleanup_orphan(run.config, experiment,
-                                       EndpointContext(run.run_id, run.results_dir, run.log),
-                                       description)
-                run.log(f"[fmbench] tore down the endpoint of '{name}' left by a crashed worker")
-            except Exception as exc:  # noqa: BLE001 - report it and keep cleaning up
-                error = f"{type(exc).__name__}: {exc}"
-                run.log(f"[fmbench] WARNING: could not tear down '{name}' left by a crashed "
-                        f"worker: {error}")
-                run.orphans_left.append({"experiment": name, "error": error,
-                                         "description": description})
-            record_teardown(run.results_dir / "endpoints.jsonl", name, start, error, description)
-            done.append(name)
+                if _cleanup_orphan(run, event, record_teardown, backend_factory):
+                    done.append(name)
+            except Exception as exc:  # noqa: BLE001 - reported; the rest still cleaned up
+                run.log(f"[fmbench] WARNING: could not clean up after a crashed worker "
+                        f"({name!r}): {type(exc).__name__}: {exc}")
     return done
+
+
+def _cleanup_orphan(run: BenchmarkRun, event: dict[str, Any], record_teardown: Any,
+                    backend_factory: Any) -> bool:
+    """Tear down one endpoint a crashed worker left; False when its backend cannot."""
+    from pytest_fmbench.endpoints.base import SupportsOrphanCleanup
+
+    name, description = event["experiment"], event.get("endpoint") or {}
+    experiment = run.config.experiment(name)
+    factory = backend_factory(experiment.resolved_backend or "")
+    if not isinstance(factory, SupportsOrphanCleanup):
+        run.log(f"[fmbench] WARNING: the endpoint of '{name}' was deployed by a worker "
+                f"that died and may still be running: {description}")
+        run.orphans_left.append({"experiment": name, "error": "no orphan cleanup for "
+                                 "its backend", "description": description})
+        return False
+    start = clock_now()
+    error = ""
+    try:
+        factory.cleanup_orphan(run.config, experiment,
+                               EndpointContext(run.run_id, run.results_dir, run.log), description)
+        run.log(f"[fmbench] tore down the endpoint of '{name}' left by a crashed worker")
+    except Exception as exc:  # noqa: BLE001 - report it and keep cleaning up
+        error = f"{type(exc).__name__}: {exc}"
+        run.log(f"[fmbench] WARNING: could not tear down '{name}' left by a crashed "
+                f"worker: {error}")
+        run.orphans_left.append({"experiment": name, "error": error, "description": description})
+    record_teardown(run.results_dir / "endpoints.jsonl", name, start, error, description)
+    return True

@@ -259,6 +259,34 @@ def test_throttled_requests_are_retried_counted_and_measured_on_the_final_attemp
     assert (r.last_byte_ns - r.sent_ns) / 1e9 < 0.5
 
 
+def test_a_throttled_and_retried_request_is_retry_wait_not_client_saturation(
+        aws_env: AwsRuntimeEmulator) -> None:
+    """REVIEW M3: the back-off is the server's doing; the client was on time."""
+    from pytest_fmbench.load.engine import RecordContext, run_load
+    from pytest_fmbench.load.patterns import LoadPlan
+    from pytest_fmbench.metrics import compute_metrics
+
+    aws_env.inject("throttle", times=2)
+    endpoint = bedrock(retry={"max_retries": 3, "backoff_s": 0.4, "max_backoff_s": 2})
+    records, lines = [], []
+    # Saturation threshold well under the retry wait (>= 0.6 s), above a busy CI's loop lag.
+    plan = LoadPlan(pattern="concurrency", concurrency=1, requests=1, timeout_s=5.0,
+                    saturation_ms=200.0)
+    stats = run_load(plan, endpoint.client, [request(params(endpoint))],
+                     RecordContext("run", "br", "p.jsonl", 1, "br-p-c1"), records.append,
+                     log=lines.append)
+    [record] = records
+    assert record.ok and record.retries == 2
+    assert record.retry_wait_ns / 1e9 >= 0.6  # two back-offs and two throttled attempts
+    assert (record.first_sent_ns - record.scheduled_ns) / 1e9 < 0.05
+    assert not record.saturated and stats.saturated == 0
+    assert not any("client saturated" in line for line in lines)
+    assert any("retried after throttling" in line for line in lines)
+    metrics = compute_metrics(records).iloc[0]
+    assert metrics["retry_wait_max"] >= 0.6 and metrics["client_queue_max"] < 0.05
+    assert metrics["client_saturated"] == 0
+
+
 def test_retries_are_bounded(aws_env: AwsRuntimeEmulator) -> None:
     aws_env.inject("throttle", times=None)
     endpoint = bedrock(retry={"max_retries": 2, "backoff_s": 0.01})
@@ -305,3 +333,16 @@ def test_parameters_bedrock_cannot_take_are_reported_not_sent(aws_env: AwsRuntim
     [r] = invoke_all(endpoint, [request(params(endpoint))])
     assert r.error == "" and aws_env.requests[0].body["inferenceConfig"] == {"maxTokens": 4}
     assert json.dumps(aws_env.requests[0].body).count("frequency_penalty") == 0
+
+
+def test_the_report_shows_retry_wait_apart_from_client_overhead() -> None:
+    import pandas as pd
+
+    from pytest_fmbench.report.markdown import _client
+
+    metrics = pd.DataFrame([{"client_queue_max": 0.001, "client_queue_p95": 0.001, "latency_p50": 0.1,
+                             "client_loop_lag_max": 0.001, "client_saturated": 0, "requests": 3,
+                             "retry_wait_max": 0.75}])
+    text = "\n".join(_client(metrics))
+    assert "retried after throttling waited up to 0.75 s" in text
+    assert "Client saturated" not in text and "may have been a bottleneck" not in text

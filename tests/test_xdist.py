@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,9 @@ def test_auto_workers_is_one_per_experiment_capped_by_cpus() -> None:
 def recording(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
     pytester.makepyfile(recording_backend=RECORDING_BACKEND, test_bench=BENCHMARK_TEST)
     pytester.syspathinsert()
-    monkeypatch.setenv("PYTHONPATH", str(pytester.path))
+    # The backend from here; the plugin from the tree under test (a worktree, not the venv's).
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(pytester.path), *filter(None, [os.environ.get("PYTHONPATH")])]))
     log = pytester.path / "lifecycle.log"
     monkeypatch.setenv("FMBENCH_TEST_LOG", str(log))
     return log

@@ -13,9 +13,10 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,7 +27,6 @@ from pydantic import (
 )
 
 from pytest_fmbench.config.fmbench_keys import FMBENCH_KEYS, fmbench_knows
-
 from pytest_fmbench.config.predictors import predictor_backend
 from pytest_fmbench.config.read_data import S3ReadData
 
@@ -101,10 +101,21 @@ def _unknown_key_message(key: str, known: list[str]) -> str:
     return f"unknown key '{key}' ({hint})"
 
 
+def _bare_file_name(value: str) -> str:
+    """Names joined to the results dir (payload files, the run name) cannot leave it (L8)."""
+    if not value.strip() or value in (".", "..") or any(c in value for c in "/\\\0"):
+        raise ValueError(f"'{value}' must be a bare file name (no '/', '\\' or '..'): it is "
+                         "joined to the results directory")
+    return value
+
+
+BareFileName = Annotated[str, AfterValidator(_bare_file_name)]
+
+
 class General(Section):
     fmbench_section = "general"
 
-    name: str = "fmbench"
+    name: BareFileName = "fmbench"
     model_name: str | None = None
 
 
@@ -119,7 +130,7 @@ class Aws(Section):
 class DatasetFilter(Section):
     fmbench_section = "datasets.filters"
 
-    payload_file: str
+    payload_file: BareFileName
     language: str | None = None
     min_length_in_tokens: int = Field(default=1, ge=0)
     max_length_in_tokens: int = Field(default=10**9, ge=1)
@@ -236,6 +247,9 @@ class LoadSettings(Section):
     processes: int | None = Field(default=None, ge=1, le=256)
     # A request sent this late, or under this much event-loop lag, flags the client saturated.
     saturation_ms: float | None = Field(default=None, gt=0)
+    # Wall-clock cap on one case (a hung server or load process cannot hang the run): at
+    # the deadline the case stops, requests in flight are recorded as timeouts. Unset: none.
+    max_case_s: float | None = Field(default=None, gt=0)
 
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "min_iters_per_combination": 5,
@@ -320,6 +334,8 @@ class OpenAISettings(Section):
     model: str | None = None
     api_key_env: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
+    # Header name -> environment variable holding its value, so no secret sits in YAML.
+    headers_env: dict[str, str] = Field(default_factory=dict)
     extra_body: dict[str, Any] = Field(default_factory=dict)
     # Start the server ourselves (vllm serve, sglang, llama-server, ...); stopped on teardown.
     deploy: DeployCommand | None = None
@@ -329,8 +345,8 @@ class RetrySettings(Section):
     """Our bounded retry policy for throttled requests (never infinite, always counted).
 
     A retried request's record measures its final attempt; ``retries`` counts the attempts
-    before it, and the time spent on them (with back-off) shows as client queue time
-    (``sent - scheduled``), never inside latency.
+    before it, and the time spent on them (with back-off) is its ``retry_wait_ns``
+    (``sent - first sent``, the ``retry_wait_*`` metrics), never latency nor client queue.
     """
 
     # Unset: the backend's default (Bedrock 3, SageMaker 0).
@@ -399,7 +415,7 @@ class Experiment(Section):
     hf_tokenizer_model_id: str | None = None
     inference_script: str | None = None
     inference_spec: InferenceSpec = Field(default_factory=InferenceSpec)
-    payload_files: list[str] = Field(min_length=1)
+    payload_files: list[BareFileName] = Field(min_length=1)
     concurrency_levels: list[int] = Field(min_length=1)
     env: dict[str, Any] | None = None
     # FMBench deploy-script keys (endpoints/fmbench_scripts.py): DJL's properties, write bucket.

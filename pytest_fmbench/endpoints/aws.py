@@ -245,10 +245,15 @@ class ThreadedClient:
     async def invoke(self, request: InferenceRequest) -> InferenceResult:
         loop = asyncio.get_running_loop()
         first = now_ns()
+        first_sent: int | None = None
         attempt = 0
         while True:
             result = await loop.run_in_executor(self._pool, self._call, request)
             result.retries = attempt
+            # Throttled attempts and back-off are the server's doing: recorded apart from
+            # the client's own lateness (REVIEW M3).
+            first_sent = result.sent_ns if first_sent is None else first_sent
+            result.retry_wait_ns = result.sent_ns - first_sent
             if not result.error or result.error not in self._retry.retry_on:
                 return result
             if attempt >= self.max_retries:

@@ -35,6 +35,10 @@ class InferenceResult:
     error_detail: str = ""
     status: int | None = None
     retries: int = 0
+    # A retried request: the time from its first attempt's send to ``sent`` (the final
+    # attempt's), i.e. the earlier attempts plus back-off. The first send is
+    # ``sent_ns - retry_wait_ns``; the client's own lateness is measured from it.
+    retry_wait_ns: int = 0
     text: str = ""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from pytest_fmbench.clock import now_ns
 from pytest_fmbench.endpoints.base import Endpoint, SupportsReaping
 from pytest_fmbench.errors import FmbenchError
+from pytest_fmbench.redaction import redact, scrub
 from pytest_fmbench.safety.journal import Journal
 
 Factory = Callable[[str], Endpoint]
@@ -149,6 +150,7 @@ class EndpointManager:
                 self._warmup(experiment, endpoint)
         except (FmbenchError, Exception) as exc:
             message = exc.render() if isinstance(exc, FmbenchError) else f"{type(exc).__name__}: {exc}"
+            message = scrub(message)  # it may quote the server log's tail or a URL
             self._failed[experiment] = f"deploying '{experiment}' failed: {message}"
             self._event(experiment, "deploy", start, message, endpoint)
             self.teardown(experiment)
@@ -193,7 +195,8 @@ class EndpointManager:
         row["endpoint"] = self._described.get(experiment, {})
         self._events_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self._events_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row, default=str) + "\n")
+            # Descriptions and error texts (a log tail, a URL) may quote a secret.
+            handle.write(json.dumps(redact(row), default=str) + "\n")
 
 
 def read_endpoint_events(path: Path) -> list[dict[str, Any]]:
@@ -232,4 +235,4 @@ def record_teardown(events_path: Path, experiment: str, start: int, error: str,
            "orphan": True}
     events_path.parent.mkdir(parents=True, exist_ok=True)
     with open(events_path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row, default=str) + "\n")
+        handle.write(json.dumps(redact(row), default=str) + "\n")

@@ -38,6 +38,8 @@ from pytest_fmbench.endpoints.process import (
 )
 from pytest_fmbench.endpoints.registry import EndpointContext
 from pytest_fmbench.errors import ConfigError, EndpointError
+from pytest_fmbench.redaction import redact_url
+from pytest_fmbench.runlog import LOGS_DIR, private_log_path, publish_log
 
 _API_SUFFIX = re.compile(r"/v1/(chat/completions|completions)/?$")
 _OLLAMA_NATIVE = re.compile(r"/api/(generate|chat)/?$")
@@ -138,6 +140,7 @@ class OpenAIEndpoint(StopsOrphanedServer):
                 f"environment variable {settings.api_key_env} is not set",
                 key=_key(experiment, "openai.api_key_env"),
                 fix=f"export {settings.api_key_env}=<your API key>")
+        _check_headers_env(experiment, settings)
         try:
             parse_headers(settings.headers)
             parse_headers(experiment.inference_spec.headers)
@@ -160,7 +163,9 @@ class OpenAIEndpoint(StopsOrphanedServer):
         deploy = self.deploy_settings
         if deploy is None:
             return
-        log_path = self.context.results_dir / "logs" / f"{self.experiment.safe_name}-server.log"
+        # The raw log stays outside the results dir (it may quote secrets); teardown
+        # publishes a scrubbed copy to logs/<experiment>-server.log (see runlog.py).
+        log_path = private_log_path(self.context.run_id, f"{self.experiment.safe_name}-server.log")
         server = CommandServer(
             deploy.command, health_url=deploy.health_url or f"{self.base_url}/health",
             port=self.port, log_path=log_path, startup_timeout_s=deploy.startup_timeout_s,
@@ -176,7 +181,11 @@ class OpenAIEndpoint(StopsOrphanedServer):
         """Stops only what ``deploy`` started (never a bring-your-own server)."""
         server, self._server = self._server, None
         if server is not None:
-            server.stop()
+            try:
+                server.stop()
+            finally:
+                publish_log(server.log_path, self.context.results_dir / LOGS_DIR
+                            / f"{self.experiment.safe_name}-server.log")
 
     def reap_plan(self) -> dict[str, Any] | None:
         """The command's processes (found by cookie; the shell by pid and start time)."""
@@ -198,9 +207,24 @@ class OpenAIEndpoint(StopsOrphanedServer):
             )
         return key
 
+    def _env_headers(self) -> dict[str, str]:
+        """``openai.headers_env``: header values read from the environment (never logged)."""
+        headers = {}
+        for name, variable in self.settings.headers_env.items():
+            value = os.environ.get(variable)
+            if not value:
+                raise EndpointError(
+                    f"environment variable {variable} (header {name}) is not set",
+                    key=_key(self.experiment, "openai.headers_env"),
+                    fix=f"export {variable}=<the {name} value>")
+            headers[name] = value
+        return headers
+
     def client(self) -> EndpointClient:
-        # FMBench's REST predictors send inference_spec.headers; ours (openai.headers) win.
+        # FMBench's REST predictors send inference_spec.headers; ours (openai.headers,
+        # openai.headers_env) win.
         headers = {**self.experiment.inference_spec.headers, **self.settings.headers}
+        headers.update(self._env_headers())
         key = self._api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -219,7 +243,7 @@ class OpenAIEndpoint(StopsOrphanedServer):
     def describe(self) -> dict[str, Any]:
         """Never the headers or the command (they may carry secrets)."""
         facts: dict[str, Any] = {
-            "backend": "openai", "url": self.base_url, "api": self.api,
+            "backend": "openai", "url": redact_url(self.base_url), "api": self.api,
             "model": self.settings.model or self.experiment.model_id,
             "stream": self.experiment.inference_spec.stream,
             "deploy": "command" if self.deploy_settings is not None else "bring-your-own",
@@ -230,6 +254,25 @@ class OpenAIEndpoint(StopsOrphanedServer):
             facts["pid"] = self._server.pid
             facts["process"] = self._server.identity().to_json()
         return facts
+
+
+def _check_headers_env(experiment: Experiment, settings: OpenAISettings) -> None:
+    """Every ``headers_env`` variable set, one line, and a valid header name."""
+    for name, variable in settings.headers_env.items():
+        value = os.environ.get(variable)
+        if not value:
+            raise ConfigError(f"environment variable {variable} (header {name}) is not set",
+                              key=_key(experiment, "openai.headers_env"),
+                              fix=f"export {variable}=<the {name} value>")
+        if any(c in value for c in "\r\n"):
+            raise ConfigError(f"environment variable {variable} (header {name}) holds a line break",
+                              key=_key(experiment, "openai.headers_env"),
+                              fix=f"export {variable} without a trailing newline")
+        try:
+            parse_headers({name: "x"})
+        except ValueError as exc:
+            raise ConfigError(str(exc), key=_key(experiment, "openai.headers_env"),
+                              fix="header names without spaces or colons") from None
 
 
 def _deploy_fix(experiment: Experiment, container: str, url: str | None) -> str:

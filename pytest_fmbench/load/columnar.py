@@ -50,6 +50,7 @@ RECORD_SCHEMA = pa.schema([
     ("status", pa.int64()),
     ("wave", pa.int64()),
     ("retries", pa.int64()),
+    ("retry_wait_ns", pa.int64()),
     ("worker", pa.string()),
     ("itl_us", pa.list_(pa.int64())),
     ("queued", pa.bool_()),

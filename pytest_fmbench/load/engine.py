@@ -23,6 +23,7 @@ from pytest_fmbench.load.monitor import LoopLagMonitor
 from pytest_fmbench.load.patterns import Completed, Dispatcher, LoadPlan, get_pattern
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.load.waves import plan_waves
+from pytest_fmbench.redaction import scrub
 
 T = TypeVar("T")
 Emit = Callable[[RequestRecord], None]
@@ -46,6 +47,7 @@ def plan_load(settings: LoadSettings, concurrency: int, payload_count: int) -> L
         seed=settings.seed or 0, warmup_s=settings.warmup_s or 0.0,
         timeout_s=settings.request_timeout_s or 120.0,
         saturation_ms=settings.saturation_ms or 10.0,
+        max_case_s=settings.max_case_s,
         processes=processes if settings.pattern != "waves" else 1,
     )
 
@@ -71,8 +73,11 @@ class RecordContext:
             last_byte_ns=result.last_byte_ns, first_token_ns=result.first_token_ns,
             first_reasoning_ns=result.first_reasoning_ns, prompt_tokens=prompt_tokens,
             completion_tokens=result.completion_tokens, token_source=result.token_source,
-            error=result.error, error_detail=result.error_detail, status=result.status,
-            wave=done.wave, retries=result.retries, worker=self.worker, itl_us=result.itl_us,
+            error=result.error, status=result.status,
+            # An error body or message may echo a header or URL: scrubbed (errors only).
+            error_detail=scrub(result.error_detail) if result.error_detail else "",
+            wave=done.wave, retries=result.retries, retry_wait_ns=result.retry_wait_ns,
+            worker=self.worker, itl_us=result.itl_us,
             queued=done.queued, loop_lag_us=done.loop_lag_us, saturated=done.saturated,
         )
 
@@ -87,9 +92,14 @@ class LoadStats:
     saturated: int = 0
     max_loop_lag_us: int = 0
     processes: int = 1
-    # sent - scheduled (µs) of requests that did not queue, and the waits of those that did.
+    # Requests in flight when the case deadline (load.max_case_s) ended the case.
+    cut_off: int = 0
+    deadline_hit: bool = False
+    # first sent - scheduled (µs) of requests that did not queue, and the waits of those
+    # that did; the retry waits (µs) of requests retried after throttling.
     dispatch_us: list[int] = dataclasses.field(default_factory=list)
     queue_wait_us: list[int] = dataclasses.field(default_factory=list)
+    retry_wait_us: list[int] = dataclasses.field(default_factory=list)
 
     def merge(self, other: LoadStats) -> None:
         self.recorded += other.recorded
@@ -99,6 +109,9 @@ class LoadStats:
         self.max_loop_lag_us = max(self.max_loop_lag_us, other.max_loop_lag_us)
         self.dispatch_us += other.dispatch_us
         self.queue_wait_us += other.queue_wait_us
+        self.retry_wait_us += other.retry_wait_us
+        self.cut_off += other.cut_off
+        self.deadline_hit = self.deadline_hit or other.deadline_hit
 
     def dispatch_p(self, q: float) -> float:
         """A percentile of the dispatch delay in ms (0 without data)."""
@@ -109,7 +122,7 @@ class LoadStats:
         if self.saturated:
             lines.append(
                 f"[fmbench] {label}: WARNING client saturated for {self.saturated} of "
-                f"{self.recorded} requests (sent more than {plan.saturation_ms:g} ms late or "
+                f"{self.recorded} requests (first sent more than {plan.saturation_ms:g} ms late or "
                 f"event-loop lag above it; dispatch delay p99 {self.dispatch_p(99):.1f} ms, "
                 f"worst loop lag {self.max_loop_lag_us / 1000:.1f} ms): their timings include "
                 "client overhead; spread the load (load.processes) or send less")
@@ -120,6 +133,18 @@ class LoadStats:
                 f"{plan.concurrency} requests in flight and waited for a slot (wait p50 "
                 f"{np.percentile(waits, 50):.1f} ms, max {waits.max():.1f} ms): the endpoint "
                 f"did not keep up with {plan.rate:g} requests/s at that concurrency")
+        if self.deadline_hit:
+            lines.append(
+                f"[fmbench] {label}: WARNING the case reached its deadline (load.max_case_s = "
+                f"{plan.max_case_s:g} s) and was stopped: {self.recorded} requests recorded, "
+                f"{self.cut_off} of them cut off in flight (recorded as timeout)")
+        if self.retry_wait_us:
+            waits = np.array(self.retry_wait_us) / 1e6
+            lines.append(
+                f"[fmbench] {label}: {len(waits)} of {self.recorded} requests were retried after "
+                f"throttling (retry wait p50 {np.percentile(waits, 50):.2f} s, max "
+                f"{waits.max():.2f} s): the endpoint throttled; its retry wait is reported apart "
+                "(retry_wait_*), not as client overhead")
         if self.warmup:
             lines.append(f"[fmbench] {label}: {self.warmup} warm-up request(s) of the first "
                          f"{plan.warmup_s:g} s not recorded")
@@ -140,7 +165,10 @@ class Collector:
             stats.warmup += 1
             return
         stats.recorded += 1
-        delay_us = (done.result.sent_ns - done.scheduled_ns) // 1000
+        retry_wait_ns = done.result.retry_wait_ns
+        delay_us = (done.result.sent_ns - retry_wait_ns - done.scheduled_ns) // 1000
+        if retry_wait_ns:
+            stats.retry_wait_us.append(retry_wait_ns // 1000)
         if done.queued:
             stats.queued += 1
             stats.queue_wait_us.append(delay_us)
@@ -178,15 +206,31 @@ async def drive(plan: LoadPlan, client: EndpointClient, requests: Sequence[Infer
     """Run the plan's pattern on the running loop with a loop-lag monitor; closes the client."""
     monitor = LoopLagMonitor()
     monitor.start()
+    dispatcher = Dispatcher(client, collector, plan, monitor)
     try:
         with quiet_gc():
-            await get_pattern(plan.pattern).run(plan, requests,
-                                                Dispatcher(client, collector, plan, monitor))
+            pattern = asyncio.ensure_future(get_pattern(plan.pattern).run(plan, requests, dispatcher))
+            await _within_deadline(pattern, dispatcher, plan.max_case_s, collector.stats)
     finally:
         await monitor.stop()
         await client.aclose()
     collector.stats.max_loop_lag_us = monitor.max_lag_ns // 1000
     return collector.stats
+
+
+async def _within_deadline(pattern: asyncio.Future[None], dispatcher: Dispatcher,
+                           max_case_s: float | None, stats: LoadStats) -> None:
+    """Wait for the pattern; at ``max_case_s`` stop it, keeping every record (REVIEW L4)."""
+    done, _ = await asyncio.wait({pattern}, timeout=max_case_s)
+    if done:
+        pattern.result()  # a pattern's own error propagates
+        return
+    stats.deadline_hit = True
+    dispatcher.cut_off = True  # before the cancellation reaches any request
+    pattern.cancel()
+    stats.cut_off = await dispatcher.cut_off_in_flight()
+    with contextlib.suppress(asyncio.CancelledError):
+        await pattern
 
 
 def run_in_loop(make: Callable[[], Awaitable[T]]) -> T:

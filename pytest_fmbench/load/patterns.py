@@ -44,6 +44,7 @@ class LoadPlan:
     warmup_s: float = 0.0
     timeout_s: float = 120.0
     saturation_ms: float = 10.0
+    max_case_s: float | None = None  # the case's deadline (load.max_case_s); None: none
     processes: int = 1
     process_index: int = 0
     start_ns: int | None = None  # the shared start on the timeline; None: at once
@@ -93,10 +94,19 @@ class Dispatcher:
         self.guarded = not getattr(client, "enforces_timeout", False)
         self.saturation_ns = int(plan.saturation_ms * 1e6)
         self.in_flight = 0
+        # Set at the case deadline: requests in flight end as cut-off records, none start.
+        self.cut_off = False
+        self._tasks: set[asyncio.Task[object]] = set()
 
     async def send(self, request_id: int, request: InferenceRequest, scheduled_ns: int, *,
                    wave: int = -1, queued: bool = False, warmup: bool = False) -> None:
-        """Every request ends in the sink, success or not; only cancellation escapes."""
+        """Every request ends in the sink, success or not; only cancellation escapes
+        (and a request cut off at the case deadline still ends in the sink)."""
+        if self.cut_off:
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         self.in_flight += 1
         started = now_ns()
         try:
@@ -110,12 +120,36 @@ class Dispatcher:
             result = _failed(started, "timeout", f"no response within {self.plan.timeout_s} s")
         except Exception as exc:  # noqa: BLE001 - a client bug must not stop the run
             result = _failed(started, "client", f"{type(exc).__name__}: {exc}"[:500])
+        except asyncio.CancelledError:
+            if not self.cut_off:
+                raise
+            result = _failed(started, "timeout", "cut off at the case deadline "
+                             f"(load.max_case_s = {self.plan.max_case_s:g} s)")
         finally:
             self.in_flight -= 1
-        lag = self.monitor.worst_since(result.sent_ns)
-        late = not queued and result.sent_ns - scheduled_ns > self.saturation_ns
+            if task is not None:
+                self._tasks.discard(task)
+        # Saturation is the client's own lateness: from the first send (a retried request's
+        # back-off is the server throttling, not the client) and the loop lag since then.
+        first_sent = result.sent_ns - result.retry_wait_ns
+        lag = self.monitor.worst_since(first_sent)
+        late = not queued and first_sent - scheduled_ns > self.saturation_ns
         self.sink(Completed(request_id, wave, scheduled_ns, request, result, queued, warmup,
                             lag // 1000, late or lag > self.saturation_ns))
+
+
+    async def cut_off_in_flight(self) -> int:
+        """The case deadline: no new request starts, those in flight end as ``timeout``
+        records; returns how many were cut off."""
+        self.cut_off = True
+        cut = 0
+        while self._tasks:
+            tasks = list(self._tasks)
+            cut += len(tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return cut
 
 
 def _failed(sent_ns: int, error: str, detail: str) -> InferenceResult:

@@ -29,8 +29,11 @@ from pytest_fmbench.errors import EndpointError
 from pytest_fmbench.load.engine import Collector, Emit, LoadStats, RecordContext, drive, run_in_loop
 from pytest_fmbench.load.patterns import LoadPlan
 from pytest_fmbench.load.records import RequestRecord
+from pytest_fmbench.redaction import scrub
 
 READY_TIMEOUT_S = 120.0
+# A child past the case deadline gets this long to send its cut-off records, then is killed.
+DEADLINE_GRACE_S = 10.0
 START_MARGIN_NS = 50_000_000
 FLUSH_EVERY_S = 0.1
 
@@ -61,7 +64,9 @@ def run_in_processes(plan: LoadPlan, client: EndpointClient, requests: Sequence[
         start_ns = now_ns() + START_MARGIN_NS
         for _, conn in links:
             conn.send(("go", start_ns))
-        _collect(links, emit, stats)
+        deadline = (time.monotonic() + plan.max_case_s + DEADLINE_GRACE_S
+                    if plan.max_case_s is not None else None)
+        _collect(links, emit, stats, deadline)
     finally:
         for process, conn in links:
             process.join(timeout=5)
@@ -89,11 +94,23 @@ def _await_ready(links: list[tuple[Any, Connection]]) -> None:
             del pending[conn]
 
 
-def _collect(links: list[tuple[Any, Connection]], emit: Emit, stats: LoadStats) -> None:
+def _collect(links: list[tuple[Any, Connection]], emit: Emit, stats: LoadStats,
+             deadline: float | None = None) -> None:
+    """Records as they arrive until every child is done; a child still running at
+    ``deadline`` (monotonic) is killed, and the records received stay (REVIEW L4)."""
     pending = {conn: process for process, conn in links}
     failures = []
     while pending:
-        for conn in cast(list[Connection], wait(list(pending))):
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = cast(list[Connection], wait(list(pending), timeout=left))
+        if not ready and deadline is not None and time.monotonic() >= deadline:
+            stats.deadline_hit = True
+            for conn, process in pending.items():
+                process.kill()
+                failures.append(f"{process.name} did not finish by the case deadline "
+                                "(load.max_case_s) and was killed")
+            break
+        for conn in ready:
             process = pending[conn]
             try:
                 kind, body = cast(tuple[str, Any], conn.recv())
@@ -104,6 +121,8 @@ def _collect(links: list[tuple[Any, Connection]], emit: Emit, stats: LoadStats) 
                 continue
             if kind == "records":
                 for record in body:
+                    if record.error_detail:  # children know no secret values: scrub here
+                        record.error_detail = scrub(record.error_detail)
                     emit(record)
             elif kind == "done":
                 stats.merge(body)

@@ -68,13 +68,16 @@ class RequestRecord:
     status: int | None = None
     wave: int = -1
     retries: int = 0
+    # Retried after throttling: first send -> final send (``sent``), earlier attempts and
+    # back-off. The server's doing, not the client's: never counted as client queue.
+    retry_wait_ns: int = 0
     worker: str = ""
     # Gaps between consecutive content chunks, in microseconds (ITL, pooled later).
     itl_us: list[int] = dataclasses.field(default_factory=list)
     # The client's own overhead (pytest_fmbench.load): rate pattern only, the arrival found
     # the in-flight bound reached and waited for a slot (its wait is sent - scheduled);
     # the worst event-loop lag seen while it was in flight; and whether the client was
-    # saturated for it (sent late, or loop lag, beyond load.saturation_ms).
+    # saturated for it (first sent late, or loop lag, beyond load.saturation_ms).
     queued: bool = False
     loop_lag_us: int | None = None
     saturated: bool = False
@@ -86,6 +89,11 @@ class RequestRecord:
     @property
     def latency_s(self) -> float:
         return (self.last_byte_ns - self.sent_ns) / 1e9
+
+    @property
+    def first_sent_ns(self) -> int:
+        """When the first attempt was sent (``sent_ns`` unless the request was retried)."""
+        return self.sent_ns - (self.retry_wait_ns or 0)
 
     @property
     def ttft_s(self) -> float | None:

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from pytest_fmbench import __version__
+from pytest_fmbench import __version__, redaction
 from pytest_fmbench.budgets import BudgetSet, GateMode, GateResult, gate
 from pytest_fmbench.config.model import Config
 from pytest_fmbench.config.pricing import Price
@@ -113,7 +113,10 @@ def glossary() -> str:
         ("Per request: **latency** = `last_byte − sent`; **TTFT** = `first_token − sent`; "
         "**TPOT** = `(last_byte − first_token) / (completion_tokens − 1)` for completion_tokens ≥ 2; "
         "**ITL** = each gap between consecutive content chunks, pooled over requests; "
-        "**client queue** = `sent − scheduled`. Token counts are server-reported when the backend "
+        "**client queue** = `first sent − scheduled` (the client's own lateness; `sent − scheduled` "
+        "for a request sent once); **retry wait** = `sent − first sent` (a request retried after "
+        "throttling: its earlier attempts and back-off, the server's doing; 0 when sent once). "
+        "`sent` is always the final attempt's send. Token counts are server-reported when the backend "
         "gives them, else counted with the configured tokenizer.\n"),
         ("Per combination (experiment × payload file × concurrency), over all its requests, never "
         "averaged over waves. Percentiles: linear interpolation (numpy's default), reported with "
@@ -167,7 +170,7 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
     errors: list[str] = []
     files: list[Path] = []
     info = experiment_info(config)
-    meta = run_metadata(results_dir, config, meta)
+    meta = redaction.redact(run_metadata(results_dir, config, meta))
     metrics, verdict = analysis.metrics, analysis.gate
 
     def attempt(label: str, action: Any) -> Any:
@@ -231,7 +234,7 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
                                glossary=glossary(), errors=errors,
                                compatibility=markdown.compatibility_notes(config))
         temporary = report_path.with_name(report_path.name + ".tmp")
-        temporary.write_text(text, encoding="utf-8")
+        temporary.write_text(redaction.scrub(text, inline=False), encoding="utf-8")
         temporary.replace(report_path)
         return report_path
 

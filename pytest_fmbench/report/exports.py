@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
+from pytest_fmbench import redaction
 from pytest_fmbench.config.model import Config
 
 # FMBench's all_metrics.csv columns (its 3_run_inference notebook), in its order, from ours.
@@ -83,6 +82,8 @@ def per_request_table(table: pa.Table, info: Mapping[str, Any]) -> pa.Table:
     tpot = pc.if_else(pc.greater_equal(completion, 2), pc.round(pc.divide(span, pc.subtract(completion, 1)), 7),
                       pa.scalar(None, pa.float64()))
     first_sent = pc.min(table["sent_ns"]).as_py() if table.num_rows else 0
+    retry_wait = (pc.fill_null(table["retry_wait_ns"], 0) if "retry_wait_ns" in table.column_names
+                  else pa.array([0] * table.num_rows, pa.int64()))
     null_f = pa.nulls(table.num_rows, pa.float64())
     encoded = pc.dictionary_encode(table["experiment"]).combine_chunks()
     names = encoded.dictionary.to_pylist()
@@ -120,7 +121,9 @@ def per_request_table(table: pa.Table, info: Mapping[str, Any]) -> pa.Table:
         "retries": table["retries"],
         "token_source": table["token_source"],
         "elapsed_s": elapsed,
-        "client_queue_s": seconds(table["sent_ns"], table["scheduled_ns"]),
+        # from the first send: a retried request's back-off is in retry_wait_s, not here
+        "client_queue_s": seconds(pc.subtract(table["sent_ns"], retry_wait), table["scheduled_ns"]),
+        "retry_wait_s": seconds(retry_wait, pa.scalar(0, pa.int64())),
         # when it was sent, seconds after the first request of the run (timestamps: records*.jsonl)
         "sent_s": seconds(table["sent_ns"], pa.scalar(first_sent, pa.int64())),
     }
@@ -134,49 +137,12 @@ def write_per_request(path: Path, table: pa.Table, info: Mapping[str, Any]) -> P
 
 # -- the config used, secrets redacted -----------------------------------------------------------
 
-REDACTED = "***redacted***"
-_SECRET_KEY = re.compile(
-    r"(^|[_\-.])(api[_\-]?key|apikey|token|secret|secret[_\-]?key|password|passwd|credentials?|"
-    r"authorization|auth|session[_\-]?token|access[_\-]?key([_\-]?id)?|private[_\-]?key)$",
-    re.IGNORECASE,
-)
-_URL_CREDENTIALS = re.compile(r"(://)[^/@\s:]+(:[^/@\s]*)?@")
-
-
-def _env_secrets(data: Any, environ: Mapping[str, str]) -> set[str]:
-    """Values of the environment variables a config names in ``*_env`` keys."""
-    found: set[str] = set()
-    if isinstance(data, Mapping):
-        for key, value in data.items():
-            if str(key).lower().endswith("_env") and isinstance(value, str) and environ.get(value):
-                found.add(environ[value])
-            found |= _env_secrets(value, environ)
-    elif isinstance(data, list):
-        for item in data:
-            found |= _env_secrets(item, environ)
-    return found
+REDACTED = redaction.REDACTED
 
 
 def redact(data: Any, environ: Mapping[str, str] | None = None) -> Any:
-    """A copy with secret-looking keys and the values of ``*_env`` variables replaced."""
-    environ = os.environ if environ is None else environ
-    secrets = {s for s in _env_secrets(data, environ) if len(s) >= 4}
-
-    def walk(value: Any, key: str = "") -> Any:
-        if key and _SECRET_KEY.search(key) and value not in (None, "", {}, []):
-            return REDACTED
-        if isinstance(value, Mapping):
-            return {k: walk(v, str(k)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [walk(v) for v in value]
-        if isinstance(value, str):
-            text = _URL_CREDENTIALS.sub(r"\1***@", value)
-            for secret in secrets:
-                text = text.replace(secret, REDACTED)
-            return text
-        return value
-
-    return walk(data)
+    """A copy with secrets redacted by place (allow-list, see ``pytest_fmbench.redaction``)."""
+    return redaction.redact(data, redaction.secret_values(data, environ))
 
 
 def config_used(config: Config, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -207,6 +173,8 @@ def frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def write_json(path: Path, data: Any) -> Path:
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
+    # Last line of defence: no known secret value (or URL credential) in any JSON written.
+    temporary.write_text(redaction.scrub(text, inline=False), encoding="utf-8")
     temporary.replace(path)
     return path

@@ -118,13 +118,16 @@ def resolve_baseline(reference: str, *, invocation_dir: Path, results_root: Path
     """A file, a results dir, a run id under ``results_root``, or ``latest`` (previous run).
 
     ``results_dir``: a fixed ``--fmbench-results-dir`` that every run writes into; ``latest``
-    is then the run it still holds (read before this run replaces it), else the newest under
-    ``results_root``.
+    is then the run it still holds, else the newest run set aside in its ``previous/``
+    (``pytest_fmbench.results_dir``), else the newest under ``results_root``.
     """
     candidates: list[Path] = []
     if reference == "latest":
         if results_dir is not None:
+            from pytest_fmbench.results_dir import previous_runs
+
             candidates.append(results_dir / BENCHMARK_FILE)
+            candidates += [run / BENCHMARK_FILE for run in reversed(previous_runs(results_dir))]
         runs = sorted(p for p in results_root.glob("*/" + BENCHMARK_FILE)
                       if current_run is None or p.parent != current_run)
         candidates += runs[-1:]

@@ -265,7 +265,7 @@ def _client(metrics: pd.DataFrame) -> list[str]:
     worst = metrics["client_queue_max"].max()
     p95 = metrics["client_queue_p95"].max()
     out = ["## Client overhead\n",
-           (f"Client queue (`sent − scheduled`, coordinated omission made visible): worst p95 "
+           (f"Client queue (`first sent − scheduled`, coordinated omission made visible): worst p95 "
            f"{format_value(p95, 's')}, worst single request {format_value(worst, 's')}.")]
     typical = metrics["latency_p50"].median()
     if isinstance(p95, float) and p95 > max(0.01, 0.05 * (typical if pd.notna(typical) else 0.0)):
@@ -275,6 +275,11 @@ def _client(metrics: pd.DataFrame) -> list[str]:
     if pd.notna(lag):
         out.append(f" Worst event-loop lag of the client while a request was in flight: "
                    f"{format_value(lag, 's')}.")
+    retry = metrics["retry_wait_max"].max() if "retry_wait_max" in metrics else float("nan")
+    if pd.notna(retry) and retry > 0:
+        # Throttling is the server's doing: shown here so it is not mistaken for the client's.
+        out.append(f" Requests retried after throttling waited up to {format_value(retry, 's')} "
+                   "(`retry_wait_*`: the endpoint throttled; not client overhead).")
     out.append("\n")
     saturated = metrics[metrics["client_saturated"] > 0]
     if not saturated.empty:

@@ -219,11 +219,11 @@ def _finish(results_dir: Path, config: Config, settings: ReportSettings,
         analysis = analyze(results_dir, config, settings.prices, settings.budgets, settings.mode)
     except Exception as exc:  # noqa: BLE001 - a report bug must not hide the run's outcome
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        judged = settings.budgets.empty
+        # A run whose report cannot be built fails, budgets or not: CI must not pass blind.
         return SessionReport(
-            passed=judged, ran=True, error=f"could not compute metrics from {results_dir}: {detail}",
+            passed=False, ran=True, error=f"could not compute metrics from {results_dir}: {detail}",
             lines=[f"report failed: {detail}", f"records are intact in {results_dir}",
-                   *([] if judged else ["budgets could not be judged: failing the run"])])
+                   "the report could not be built: failing the run"])
     if analysis.requests == 0:
         return SessionReport(passed=True, ran=False, lines=["no request ran: no report written"])
     try:
@@ -232,7 +232,12 @@ def _finish(results_dir: Path, config: Config, settings: ReportSettings,
     except Exception as exc:  # noqa: BLE001
         report_path, errors = None, [f"{type(exc).__name__}: {exc}"]
     lines = summary_lines(analysis, report_path, errors)
-    return SessionReport(passed=analysis.gate.passed, ran=True, report_path=report_path, lines=lines,
+    # Without report.md or results.json there is nothing for CI to read: the run fails.
+    essential = [e for e in errors if e.split(":", 1)[0] in ("report.md", "results.json")]
+    if report_path is None or essential:
+        lines.append("the report could not be built: failing the run")
+    return SessionReport(passed=analysis.gate.passed and report_path is not None and not essential,
+                         ran=True, report_path=report_path, lines=lines,
                          error="; ".join(errors) or None)
 
 

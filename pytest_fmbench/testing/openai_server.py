@@ -11,12 +11,17 @@ would be too slow: it streams ``completion_tokens`` chunks after ``ttft_s``, one
 - ``drop``: the connection closes before any response
 
 ``fault_every=N`` applies the fault to every N-th request only (1 = all).
+
+Auth, like a real gateway: ``api_key`` requires ``Authorization: Bearer <key>`` (vLLM's
+``--api-key``), ``required_headers`` and ``required_query`` require those exact values;
+a request without them gets HTTP 401.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +41,15 @@ class ServerBehaviour:
     fault: str | None = None
     fault_every: int = 1
     stall_s: float = 30.0
+    api_key: str | None = None
+    required_headers: dict[str, str] = field(default_factory=dict)
+    required_query: dict[str, str] = field(default_factory=dict)
+
+    def authorized(self, headers: Any, query: Any) -> bool:
+        if self.api_key is not None and headers.get("Authorization") != f"Bearer {self.api_key}":
+            return False
+        return all(headers.get(k) == v for k, v in self.required_headers.items()) and all(
+            query.get(k) == v for k, v in self.required_query.items())
 
 
 @dataclass
@@ -135,6 +149,8 @@ class FakeOpenAIServer:
             self.stats.bodies.append(body)
             self.stats.headers.append(dict(request.headers))
         b = self.behaviour
+        if not b.authorized(request.headers, request.query):
+            return web.json_response({"error": {"message": "unauthorized", "code": 401}}, status=401)
         fault = b.fault if b.fault and self.stats.requests % max(1, b.fault_every) == 0 else None
         chat = request.path.endswith("/chat/completions")
         tokens = int(body.get("max_tokens") or b.completion_tokens)
@@ -208,9 +224,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token-delay", type=float, default=0.01)
     parser.add_argument("--fault", choices=FAULTS, default=None)
     parser.add_argument("--fault-every", type=int, default=1)
+    parser.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
+    parser.add_argument("--require-header", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--require-query", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     behaviour = ServerBehaviour(ttft_s=args.ttft, token_delay_s=args.token_delay,
-                                fault=args.fault, fault_every=args.fault_every)
+                                fault=args.fault, fault_every=args.fault_every,
+                                api_key=args.api_key,
+                                required_headers=dict(p.split("=", 1) for p in args.require_header),
+                                required_query=dict(p.split("=", 1) for p in args.require_query))
+    # Like vLLM, which logs its non-default arguments (secrets included) at start.
+    # (on stderr: the first line of stdout is the URL, for scripts that read it)
+    print(f"non-default args: {vars(args)}", file=sys.stderr, flush=True)
     with FakeOpenAIServer(behaviour, host=args.host, port=args.port, keep_bodies=False) as server:
         print(server.url, flush=True)
         while True:
