@@ -26,6 +26,8 @@ MARGIN_FACTOR = 1.25
 # Tearing down: a process group gets its stop timeout; a SageMaker delete may retry and wait.
 SAGEMAKER_TEARDOWN_S = 900.0
 LOCAL_TEARDOWN_S = 60.0
+# load.max_case_s: a load process still running this long after the deadline is killed.
+PROCESS_KILL_GRACE_S = 10.0
 # AWS backends retry throttled requests by default (see endpoints/aws.py).
 DEFAULT_RETRIES = {"bedrock": 3, "sagemaker": 0}
 
@@ -67,6 +69,14 @@ def request_bound_s(load: LoadSettings, retry: RetrySettings | None, backend: st
 
 def load_bound_s(load: LoadSettings, experiment: Experiment, request_s: float) -> float:
     """The longest the load of any case of the experiment can run."""
+    unbounded = _load_bound_s(load, experiment, request_s)
+    if load.max_case_s is not None:
+        # The case's own deadline; its load processes get 10 s more before they are killed.
+        return min(unbounded, load.max_case_s + PROCESS_KILL_GRACE_S)
+    return unbounded
+
+
+def _load_bound_s(load: LoadSettings, experiment: Experiment, request_s: float) -> float:
     concurrency = min(experiment.concurrency_levels)  # fewest in flight: the most rounds
     max_iters = load.max_iters_per_combination or 105
     if load.pattern == "waves":

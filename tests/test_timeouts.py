@@ -66,6 +66,13 @@ def test_a_request_bound_closed_loop_uses_its_fewest_in_flight() -> None:
     assert case_timeout_s(config, config.experiments[0]) == expected(100 * 10 + 60)
 
 
+def test_the_case_deadline_caps_the_load_bound() -> None:
+    config = one_experiment(BYO, "max_iters_per_combination: 100, request_timeout_s: 60, "
+                                 "warmup_requests: 0, max_case_s: 120")
+    # 100 waves of 60 s would be 6000 s; the case stops at 120 s (+10 s to kill its processes).
+    assert case_timeout_s(config, config.experiments[0]) == expected(120 + 10 + 60)
+
+
 def test_sagemaker_deploys_count_their_deploy_timeout_and_retries() -> None:
     config = one_experiment("""\
         - name: sm
