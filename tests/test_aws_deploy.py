@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -17,7 +16,7 @@ from pytest_fmbench.endpoints.bedrock import BedrockEndpoint
 from pytest_fmbench.endpoints.registry import preflight
 from pytest_fmbench.endpoints.sagemaker import RUN_ID_TAG, SageMakerEndpoint
 from pytest_fmbench.errors import ConfigError, EndpointError
-from pytest_fmbench.testing.aws_emulator import aws_environment, moto_server
+from pytest_fmbench.testing.aws_emulator import aws_environment
 from tests.aws_support import (
     ROLE,
     bench_config,
@@ -30,12 +29,6 @@ from tests.aws_support import (
 TGI_IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/huggingface-pytorch-tgi-inference:2.4.0-tgi2.3.1-gpu-py311-cu124-ubuntu22.04"
 RUN_ID = "20250101T000000-abc123"
 EMPTY = {"endpoints": [], "configs": [], "models": []}
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
 
 
 @pytest.fixture

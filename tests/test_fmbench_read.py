@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,9 @@ from pytest_fmbench.data.fmbench_read import (
     uses_read_data,
 )
 from pytest_fmbench.errors import ConfigError
-from pytest_fmbench.testing.aws_emulator import moto_server
 from tests.fmbench_support import (
-    empty_s3,
     fill_bucket,
     read_layout_files,
-    s3_environment,
     write_read_dir,
 )
 
@@ -122,19 +118,6 @@ def test_tokenizer_is_optional_like_in_fmbench(tmp_path: Path) -> None:
 
 # -- the read bucket on moto's S3 ---------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
-
-
-@pytest.fixture
-def s3(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    for key, value in s3_environment(moto_url).items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3")
-    empty_s3(client)
-    return client
 
 
 def test_read_bucket_is_downloaded_once_into_the_cache(s3: Any, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -19,7 +18,7 @@ from pytest_fmbench.endpoints.fmbench_scripts import (
 )
 from pytest_fmbench.endpoints.sagemaker import SageMakerEndpoint
 from pytest_fmbench.errors import ConfigError
-from pytest_fmbench.testing.aws_emulator import aws_environment, moto_server
+from pytest_fmbench.testing.aws_emulator import aws_environment
 from tests.aws_support import bench_config, context, moto_inventory, reset_moto
 from tests.fmbench_support import empty_s3
 
@@ -122,12 +121,6 @@ def test_serving_properties_packed_alone_at_the_archive_root() -> None:
 
 
 # -- a DJL deploy against moto: serving.properties as model data on S3 ---------------------------
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
-
 
 @pytest.fixture
 def aws(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:

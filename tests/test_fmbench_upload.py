@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,6 @@ from pytest_fmbench.report.fmbench_upload import (
     role_name,
     upload_results,
 )
-from pytest_fmbench.testing.aws_emulator import moto_server
-from tests.fmbench_support import empty_s3, s3_environment
 
 WHEN = dt.datetime(2025, 1, 31, 14, 5, tzinfo=dt.UTC)
 
@@ -50,19 +47,6 @@ def test_upload_needs_a_write_bucket_at_startup() -> None:
     assert "aws.bucket" in error.value.render() and "write_bucket" in error.value.render()
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
-
-
-@pytest.fixture
-def s3(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    for key, value in s3_environment(moto_url).items():
-        monkeypatch.setenv(key, value)
-    client = boto3.client("s3")
-    empty_s3(client)
-    return client
 
 
 def results(tmp_path: Path) -> Path:

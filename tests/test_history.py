@@ -14,7 +14,11 @@ import pytest
 from pytest_fmbench.errors import ConfigError
 from pytest_fmbench.report.ci import junit_properties, step_summary_markdown, write_step_summary
 from pytest_fmbench.report.history import (
-    Threshold, benchmark_document, compare, parse_thresholds, resolve_baseline,
+    Threshold,
+    benchmark_document,
+    compare,
+    parse_thresholds,
+    resolve_baseline,
 )
 from pytest_fmbench.report.session import SessionReport
 from tests.e2e_support import BENCHMARK_TEST, RECORDING_BACKEND, recording_config

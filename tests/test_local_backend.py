@@ -6,7 +6,6 @@ middle of a case.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys

@@ -8,7 +8,12 @@ import pytest
 
 from pytest_fmbench.testing.openai_server import FakeOpenAIServer, ServerBehaviour
 from tests.e2e_support import (
-    BENCHMARK_TEST, INNER_ARGS, RECORDING_BACKEND, openai_config, read_lines, recording_config,
+    BENCHMARK_TEST,
+    INNER_ARGS,
+    RECORDING_BACKEND,
+    openai_config,
+    read_lines,
+    recording_config,
     rows,
 )
 
