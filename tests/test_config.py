@@ -382,6 +382,23 @@ def test_a_value_never_reshapes_the_config(value: str) -> None:
     assert data == {"general": {"name": value}, "other": "kept", "quoted": f"q-{value}"}
 
 
+def test_a_value_in_a_deploy_command_is_one_shell_word(tmp_path: Path) -> None:
+    """A --fmbench-set value filled into deploy.command cannot run anything of its own."""
+    import subprocess
+
+    marker = tmp_path / "pwned"
+    text = ("experiments:\n  - openai:\n      deploy:\n"
+            "        command: 'echo serving {model} --port 8000'\n")
+    value = f"m; touch {marker} $(touch {marker}) '\"`touch {marker}`"
+    data, missing = load_filled(text, {"model": value})
+    command = data["experiments"][0]["openai"]["deploy"]["command"]
+    assert missing == []
+    out = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, check=True)
+    assert out.stdout == f"serving {value} --port 8000\n" and not marker.exists()
+    # Elsewhere a value is plain text, as FMBench fills it.
+    assert load_filled("cmd: 'run {model}'\n", {"model": "a b"})[0] == {"cmd": "run a b"}
+
+
 def test_placeholder_inside_a_larger_string_and_a_block_scalar() -> None:
     text = ("dir: s3://{write_bucket}/x/{name}\n"
             "props: |\n  option.model_id={model_id}\n  option.tp=1\n")

@@ -11,6 +11,8 @@ inside scalar values only, so a value is always exactly one scalar.
   it is read back as the placeholder FMBench meant.
 - A value filled into a plain scalar is typed as YAML types plain text (``2`` is an int,
   ``yes`` a bool), but never becomes a mapping or list: ``a: b`` stays the string ``a: b``.
+- In a ``deploy.command`` (run by ``sh -c``) a filled value is shell-quoted: it is one word
+  of the command, so ``;``, ``$(...)`` or a quote in a value cannot run anything.
 - Names listed in ``datasets.prompt_template_keys`` are the prompt template's own keys
   inside ``datasets.prompt_template``, not config placeholders.
 """
@@ -18,6 +20,7 @@ inside scalar values only, so a value is always exactly one scalar.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,6 +32,8 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NULL_TAG = "tag:yaml.org,2002:null"
 _STR_TAG = "tag:yaml.org,2002:str"
 DEFAULT_TEMPLATE_KEYS = ("input", "context")
+# Values run by a shell (the last two keys of their path): placeholders there are shell-quoted.
+SHELL_COMMANDS = frozenset({("deploy", "command")})
 # Tab and newline included: a value is one line of text, whatever the shell let through.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -106,13 +111,15 @@ class _Filler:
         if "{" not in text:
             return node
         skip = self.template_keys if path == ("datasets", "prompt_template") else frozenset()
+        # A command run by ``sh -c``: a value is one shell word, never more shell.
+        quote = shlex.quote if path[-2:] in SHELL_COMMANDS else str
 
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
             if name in skip:
                 return match.group(0)
             if name in self.values:
-                return str(self.values[name])
+                return quote(str(self.values[name]))
             self.missing.setdefault(name, None)
             return match.group(0)
 
