@@ -17,6 +17,7 @@ from pytest_fmbench.endpoints.process import (
 )
 from pytest_fmbench.endpoints.registry import EndpointContext
 from pytest_fmbench.errors import EndpointError
+from pytest_fmbench.runlog import LOGS_DIR, private_log_path, publish_log
 
 MODEL_PRESETS = ("tiny", "small")
 
@@ -57,7 +58,9 @@ class LocalEndpoint(StopsOrphanedServer):
         model = self.settings.model
         hub_id = model.removeprefix("hf:") if model.startswith("hf:") else None
         self._model_dir = Path(hub_id) if hub_id else resolve_local_model(model, self.settings.seed)
-        log_path = self.context.results_dir / "logs" / f"{self.experiment.safe_name}-server.log"
+        # The raw log stays private until teardown publishes a scrubbed copy (the server
+        # inherits the environment, which may hold tokens).
+        log_path = private_log_path(self.context.run_id, f"{self.experiment.safe_name}-server.log")
         server = LocalServer(
             self._model_dir,
             continuous_batching=self.settings.continuous_batching,
@@ -74,7 +77,12 @@ class LocalEndpoint(StopsOrphanedServer):
     def teardown(self) -> None:
         server, self._server = self._server, None
         if server is not None:
-            server.stop()
+            try:
+                server.stop()
+            finally:
+                if server.log_path is not None:
+                    publish_log(server.log_path, self.context.results_dir / LOGS_DIR
+                                / f"{self.experiment.safe_name}-server.log")
 
     def reap_plan(self) -> dict[str, Any] | None:
         server = self._server
