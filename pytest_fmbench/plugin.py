@@ -43,7 +43,7 @@ from pytest_fmbench.roles import (
     Role,
     RunSetup,
     WorkerRole,  # noqa: F401
-    XdistHooks,
+    XdistHooks,  # noqa: F401
     case_of,
     choose_role,
     setting,
@@ -194,8 +194,6 @@ def pytest_configure(config: pytest.Config) -> None:
     if limit is not None:
         run.limit_spend(limit, offline_prices(bench_config))
     role.register()
-    if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(XdistHooks(run), "fmbench-xdist")
     _install_sigterm(config)
 
 

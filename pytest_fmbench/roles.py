@@ -250,6 +250,8 @@ class ControllerRole(Role):
 
     def register(self) -> None:
         self.config.pluginmanager.register(self.ledger, CONTROLLER)
+        if self.config.pluginmanager.hasplugin("xdist"):  # like pytest-randomly's XdistHooks
+            self.config.pluginmanager.register(XdistHooks(self.run), "fmbench-xdist")
 
     def session_finish(self, exitstatus: int) -> int:
         """No step may raise out of this hook (pytest would print INTERNALERROR and skip the

@@ -140,11 +140,15 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     assert import_cycles({"a": {"b"}, "b": set()}) == []
 
 
+LOAD_AND_DRIVER = {"pytest_fmbench.load", "pytest_fmbench.load.driver"}
+
+
 @pytest.mark.parametrize("source, expected", [
-    ("from pytest_fmbench.load import driver\n", {"pytest_fmbench.load", "pytest_fmbench.load.driver"}),
+    ("from pytest_fmbench.load import driver\n", LOAD_AND_DRIVER),
     ("def f():\n    from pytest_fmbench.load import driver\n", set()),
-    ("from . import driver\n", {"pytest_fmbench.load", "pytest_fmbench.load.driver"}),
-    ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pytest_fmbench.load.driver\n", set()),
+    ("from . import driver\n", LOAD_AND_DRIVER),
+    (("from typing import TYPE_CHECKING\n"
+      "if TYPE_CHECKING:\n    import pytest_fmbench.load.driver\n"), set()),
 ])
 def test_only_module_level_imports_count(tmp_path: Path, source: str, expected: set[str]) -> None:
     module = tmp_path / "engine.py"
