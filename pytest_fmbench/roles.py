@@ -22,7 +22,7 @@ import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -120,8 +120,6 @@ class RunSetup:
 class Role:
     """What both roles share: the run of this process, its log, and closing them."""
 
-    is_worker: ClassVar[bool] = False
-
     def __init__(self, config: pytest.Config, run: BenchmarkRun, run_log: RunLog,
                  setup: RunSetup) -> None:
         self.config = config
@@ -196,8 +194,6 @@ def _safety_net(place: RunPlace, workerinput: dict[str, Any],
 
 class WorkerRole(Role):
     """An xdist worker: measures its cases, and ships what the controller must know."""
-
-    is_worker = True
 
     @staticmethod
     def workerinput_of(config: pytest.Config) -> dict[str, Any]:
