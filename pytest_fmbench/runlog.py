@@ -2,8 +2,8 @@
 
 Every line is scrubbed of secrets (``pytest_fmbench.redaction``) before it goes anywhere.
 The controller prints its lines; an xdist worker has no terminal, so it keeps its lines for
-the controller (the plugin ships them on the test reports and in ``workeroutput``, and the
-controller prints them). Each process also appends its lines to ``logs/fmbench[-<worker>].log``.
+the controller (``roles.WorkerRole`` ships them on the test reports and in ``workeroutput``,
+and the controller prints them). Each process also appends its lines to ``logs/fmbench[-<worker>].log``.
 
 Server logs (``openai.deploy.command``) can quote secrets the server was given (vLLM logs its
 non-default arguments, ``--api-key`` included). The raw log is written outside the results

@@ -99,6 +99,15 @@ class SupportsOrphanCleanup(Protocol):
 
 
 @runtime_checkable
+class EnforcesTimeout(Protocol):
+    """A client that bounds each request by its own timeout (``enforces_timeout = True``),
+    so the load engine needs no second timer per request. A client without the attribute,
+    or with it False, gets the engine's guard."""
+
+    enforces_timeout: bool
+
+
+@runtime_checkable
 class SupportsReaping(Protocol):
     """An endpoint that can say, before ``deploy``, what the reaper must delete if this
     process dies (``pytest_fmbench.safety``): a JSON-able plan, or None for nothing.

@@ -21,7 +21,12 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from pytest_fmbench.clock import now_ns
-from pytest_fmbench.endpoints.base import EndpointClient, InferenceRequest, InferenceResult
+from pytest_fmbench.endpoints.base import (
+    EndpointClient,
+    EnforcesTimeout,
+    InferenceRequest,
+    InferenceResult,
+)
 from pytest_fmbench.load.monitor import LoopLagMonitor
 
 # Extra time a client gets beyond its own timeout before the dispatcher gives up on it.
@@ -89,9 +94,9 @@ class Dispatcher:
         self.plan = plan
         self.monitor = monitor
         self.guard_s = plan.timeout_s + HANG_GRACE_S
-        # A client that bounds each request by itself (``enforces_timeout = True``) needs no
-        # second timer per request from here.
-        self.guarded = not getattr(client, "enforces_timeout", False)
+        # A client that bounds each request by itself (``EnforcesTimeout``) needs no second
+        # timer per request from here.
+        self.guarded = not (isinstance(client, EnforcesTimeout) and client.enforces_timeout)
         self.saturation_ns = int(plan.saturation_ms * 1e6)
         self.in_flight = 0
         # Set at the case deadline: requests in flight end as cut-off records, none start.

@@ -26,7 +26,7 @@ from typing import Any, cast
 from pytest_fmbench.clock import now_ns
 from pytest_fmbench.endpoints.base import EndpointClient, InferenceRequest
 from pytest_fmbench.errors import EndpointError
-from pytest_fmbench.load.engine import Collector, Emit, LoadStats, RecordContext, drive, run_in_loop
+from pytest_fmbench.load.driver import Collector, Emit, LoadStats, RecordContext, drive, run_in_loop
 from pytest_fmbench.load.patterns import LoadPlan
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.redaction import scrub
