@@ -271,8 +271,8 @@ class ControllerRole(Role):
         failed = [failure for failure in failures if failure]
         for line in failed:
             run.log(f"[fmbench] ERROR {line}")
-        if failed:
-            self._fail()
+        if failed:  # a failed step fails the run, also one that collected no test
+            self._fail(also_from=(pytest.ExitCode.NO_TESTS_COLLECTED,))
         run.safety.close(done=True)
         return self.exitstatus
 
