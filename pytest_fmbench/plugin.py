@@ -17,7 +17,7 @@ import pytest
 from pytest_fmbench.cases import Case, all_markers, expand_cases
 from pytest_fmbench.config.loader import load_config
 from pytest_fmbench.config.model import BUILTIN_BACKENDS, Config
-from pytest_fmbench.data.fmbench_read import use_read_dir_pricing
+from pytest_fmbench.data.fmbench_read import pricing_may_be_in_bucket, use_read_dir_pricing
 from pytest_fmbench.endpoints.base import Endpoint
 from pytest_fmbench.endpoints.lifecycle import DeployFailed
 from pytest_fmbench.endpoints.registry import backend_names
@@ -175,7 +175,10 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(exc.render()) from None
     except ValueError as exc:
         raise pytest.UsageError(f"{path}: {exc}") from None
-    for warning in bench_config.warnings:
+    # A pricing file that may be in the read bucket is looked up (and warned about) later.
+    deferred = bench_config.pricing_fallback_warning if pricing_may_be_in_bucket(
+        bench_config, read_dir) else None
+    for warning in (w for w in bench_config.warnings if w != deferred):
         config.issue_config_time_warning(pytest.PytestConfigWarning(f"{path}: {warning}"), stacklevel=2)
     for marker in all_markers(bench_config):
         config.addinivalue_line("markers", f"{marker}: pytest-fmbench experiment marker")

@@ -205,8 +205,10 @@ class WorkerRole(Role):
         if self.config.option.collectonly:
             return
         names = [case.experiment for item in items if (case := case_of(item))]
+        self.run.pricing_from_read_bucket(quiet=True)  # the controller said where from
         price_selected(self.run.config, self.setup.settings,
                        selected_experiments(self.run.config, names))
+        self.run.reprice_spend(self.setup.settings.prices)
 
     def ship_log_lines(self, report: pytest.TestReport) -> None:
         lines = self.run_log.take()  # deploy progress, warnings, teardown failures of this phase
@@ -420,10 +422,12 @@ class Controller:
         if self.config.option.collectonly:
             return
         try:
+            self.run.pricing_from_read_bucket()
             check_selected(self.run.config, self.settings,
                            selected_experiments(self.run.config, experiments))
         except ConfigError as exc:
             raise pytest.UsageError(exc.render()) from None
+        self.run.reprice_spend(self.settings.prices)
 
     def _print_estimate(self) -> None:
         """Before the first deploy (also under --collect-only): what the selection may cost."""

@@ -141,6 +141,34 @@ class BenchmarkRun:
                      f"{self._inputs.origin}")
         return self._inputs
 
+    def pricing_from_read_bucket(self, *, quiet: bool = False) -> None:
+        """FMBench reads a custom pricing file from the read bucket's configs/: so do we, once
+        the cases are selected (never at collection). Not there: the packaged table (warned)."""
+        from pytest_fmbench.data.fmbench_read import (
+            S3ReadBucket,
+            pricing_may_be_in_bucket,
+            use_bucket_pricing,
+        )
+
+        if not pricing_may_be_in_bucket(self.config, self.read_dir):
+            return
+        section = self.config.s3_read_data
+        assert section is not None and section.read_bucket
+        warning = self.config.pricing_fallback_warning
+        bucket = S3ReadBucket(section.read_bucket, self.payload_dir.parent / "fmbench-read",
+                              self._s3_client)
+        try:
+            found = use_bucket_pricing(self.config, bucket)
+        except ConfigError as exc:  # the data's own lookup reports bucket problems
+            found, warning = None, f"{warning} ({exc.message})"
+        if quiet:
+            return
+        if found is not None:
+            self.log(f"[fmbench] pricing: '{found.name}' from the FMBench read bucket "
+                     f"s3://{section.read_bucket}/{section.configs_prefix}/")
+        elif warning:
+            self.log(f"[fmbench] WARNING {warning}")
+
     def _s3_client(self) -> Any:
         from pytest_fmbench.endpoints import aws
 
@@ -270,6 +298,12 @@ class BenchmarkRun:
     def limit_spend(self, limit: float, prices: dict[str, Any]) -> None:
         """``--fmbench-max-cost``: check every deploy and case against the run's spend."""
         self.guard = SpendGuard(limit, self.config, prices, self.spend)
+
+    def reprice_spend(self, prices: dict[str, Any]) -> None:
+        """The checked prices of the selected experiments (a pricing file from the read
+        bucket, an instance type learned by preflight) replace the spend guard's first guess."""
+        if self.guard is not None:
+            self.guard.prices.update({name: p for name, p in prices.items() if p is not None})
 
     def endpoint_for(self, case: Case) -> Endpoint:
         """The case's endpoint, deployed on first use, within the spend limit if one is set."""

@@ -274,6 +274,36 @@ def test_fmbench_custom_rest_config_runs_against_a_loopback_server(aws: Aws) -> 
     assert prices["custom-model-byoe"]["hourly"] == 1.5
 
 
+def test_fmbench_custom_pricing_file_comes_from_the_read_bucket(aws: Aws) -> None:
+    """No read dir: custom_pricing.yml is read from the read bucket's configs/ (as FMBench
+    downloads it), once the cases are selected; no fallback warning."""
+    with RestServer() as server:
+        path = fmbench_file(aws.pytester, REST_FILE, ep_name=(
+            "http://localhost:8080/v2/completions", f"{server.url}/v2/completions"))
+        fill_bucket(aws.s3, READ_BUCKET, data_files(path, records=8))
+        result = run(aws.pytester, "-W", "error::pytest.PytestConfigWarning")
+        result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([
+        f"*pricing: 'custom_pricing.yml' from the FMBench read bucket s3://{READ_BUCKET}/configs/*"])
+    assert "packaged price table is used instead" not in result.stdout.str()
+    prices = json.loads((aws.pytester.path / "out" / "results.json").read_text())["prices"]
+    assert prices["custom-model-byoe"]["hourly"] == 1.5
+
+
+def test_without_it_in_the_bucket_the_packaged_prices_are_used_with_a_warning(aws: Aws) -> None:
+    with RestServer() as server:
+        path = fmbench_file(aws.pytester, REST_FILE, ep_name=(
+            "http://localhost:8080/v2/completions", f"{server.url}/v2/completions"))
+        files = {k: v for k, v in data_files(path, records=8).items() if "pricing" not in k}
+        fill_bucket(aws.s3, READ_BUCKET, files)
+        result = run(aws.pytester)
+        result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([("*WARNING pricing: the pricing file 'custom_pricing.yml' was "
+                                  "not found*packaged price table is used instead*")])
+    prices = json.loads((aws.pytester.path / "out" / "results.json").read_text())["prices"]
+    assert prices["custom-model-byoe"]["hourly"] != 1.5
+
+
 # -- EKS bring-your-own URL (rest_predictor.py; Ray Serve behind a load balancer) ------------------
 
 EKS_REST_FILE = "llama2/13b/config-byo-rest-ep-llama2-13b.yml"

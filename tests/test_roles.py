@@ -73,6 +73,12 @@ class FakeRun:
     def left_running(self) -> list[dict[str, Any]]:
         return list(self.left)
 
+    def pricing_from_read_bucket(self, *, quiet: bool = False) -> None:
+        self.calls.append("pricing_from_read_bucket")
+
+    def reprice_spend(self, prices: dict[str, Any]) -> None:
+        self.calls.append("reprice_spend")
+
 
 def fake_config(tmp_path: Path, *, collectonly: bool = False, worker: str = "") -> Any:
     config = SimpleNamespace(
@@ -88,7 +94,7 @@ def fake_config(tmp_path: Path, *, collectonly: bool = False, worker: str = "") 
 
 
 def setup_of(run: FakeRun, cases: list[Case] | None = None) -> RunSetup:
-    return RunSetup(run.config, cases or [], settings=SimpleNamespace(),  # type: ignore[arg-type]
+    return RunSetup(run.config, cases or [], settings=SimpleNamespace(prices={}),  # type: ignore[arg-type]
                     read_dir=None, teardown_deadline_s=1.0)
 
 

@@ -609,6 +609,10 @@ class Config(Section):
     def missing_pricing_file(self) -> str | None:
         return self._missing_pricing[0] if self._missing_pricing else None
 
+    @property
+    def pricing_fallback_warning(self) -> str | None:
+        return self._missing_pricing[1] if self._missing_pricing else None
+
     def use_pricing_file(self, path: str) -> None:
         """The pricing file was found elsewhere (FMBench's read dir): no fallback, no warning."""
         self.pricing = path

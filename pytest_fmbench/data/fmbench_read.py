@@ -355,3 +355,24 @@ def use_read_dir_pricing(config: Config, read_dir: Path | None) -> Path | None:
         return None
     config.use_pricing_file(str(candidate.resolve()))
     return candidate
+
+
+def pricing_may_be_in_bucket(config: Config, read_dir: Path | None) -> bool:
+    """A custom pricing file missing next to the config may still be in the read bucket's
+    configs/ (FMBench downloads it from there); looked up before the first deploy."""
+    section = config.s3_read_data
+    return (config.missing_pricing_file is not None and section is not None
+            and bool(section.read_bucket) and uses_read_data(config)
+            and read_dir is None and configured_read_dir(section) is None)
+
+
+def use_bucket_pricing(config: Config, bucket: ReadSource) -> Path | None:
+    """Point ``pricing:`` at the read bucket's ``configs/<file>`` (downloaded) when it is there."""
+    name = config.missing_pricing_file
+    if name is None:
+        return None
+    section = config.s3_read_data or S3ReadData()
+    found = bucket.file(f"{section.configs_prefix}/{name}")
+    if found is not None:
+        config.use_pricing_file(str(found))
+    return found

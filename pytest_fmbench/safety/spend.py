@@ -222,7 +222,7 @@ class SpendGuard:
                  ledger: SpendLedger) -> None:
         self.limit = limit
         self.config = config
-        self.prices = prices
+        self.prices = dict(prices)
         self.ledger = ledger
         self.reason: str | None = None
         self._request_s: dict[str, float] = {}
