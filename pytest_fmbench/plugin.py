@@ -134,6 +134,19 @@ def _upload_wanted(config: pytest.Config) -> bool:
     return bool(config.getini("fmbench_upload"))
 
 
+def _check_xdist(config: pytest.Config) -> None:
+    """Under ``-n``, only the pytest-xdist major version the experiment scheduler is tested on."""
+    if not config.pluginmanager.hasplugin("xdist") or not config.getoption("numprocesses", None):
+        return
+    from importlib.metadata import version
+
+    from pytest_fmbench.xdist import untested_xdist
+
+    problem = untested_xdist(version("pytest-xdist"))
+    if problem:
+        raise pytest.UsageError(problem)
+
+
 def _placeholder_values(pairs: list[str]) -> dict[str, str]:
     values = {}
     for pair in pairs:
@@ -153,6 +166,7 @@ def pytest_configure(config: pytest.Config) -> None:
     raw = setting(config, "fmbench_config", "FMBENCH_CONFIG")
     if not raw:
         return
+    _check_xdist(config)
     path = (config.invocation_params.dir / raw).resolve()
     try:
         bench_config = load_config(path, _placeholder_values(config.getoption("fmbench_set")),

@@ -15,6 +15,21 @@ from typing import Any
 from xdist.scheduler import LoadScopeScheduling
 
 SCOPE_PREFIX = "fmbench-experiment::"
+# The scheduler relies on LoadScopeScheduling's internals (its work queue, rescheduling after
+# a crash): a major release may change them silently and deploy an endpoint twice.
+TESTED_MAJOR = 3
+
+
+def untested_xdist(version: str) -> str | None:
+    """Why ``-n`` is refused with this pytest-xdist version, or None when it is tested."""
+    major = version.split(".", 1)[0]
+    if major.isdigit() and int(major) == TESTED_MAJOR:
+        return None
+    return (f"pytest-fmbench schedules experiments with pytest-xdist {TESTED_MAJOR}.x, and "
+            f"pytest-xdist {version} is installed: its scheduler internals may differ, which "
+            "could deploy an endpoint once per worker\n  fix: pip install "
+            f"'pytest-xdist>={TESTED_MAJOR}.6,<{TESTED_MAJOR + 1}' (or pytest-fmbench[xdist]), "
+            "or run without -n")
 
 
 def param_id(nodeid: str) -> str | None:

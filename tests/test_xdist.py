@@ -162,3 +162,14 @@ def test_subsets_compose_with_xdist_into_one_report_of_what_ran(
     again.assert_outcomes(failed=1)
     assert _reported_cases(pytester.path / "again") == ["beta-payload_a-c2"]
     assert "missing cases" not in again.stdout.str()
+
+
+@pytest.mark.parametrize(("version", "refused"), [
+    ("3.6.0", False), ("3.8.0", False), ("4.0.0", True), ("2.5.0", True), ("dev", True)])
+def test_only_the_tested_xdist_major_runs_experiments_in_parallel(version: str, refused: bool) -> None:
+    from pytest_fmbench.xdist import untested_xdist
+
+    problem = untested_xdist(version)
+    assert (problem is not None) == refused
+    if problem:
+        assert f"pytest-xdist {version} is installed" in problem and "fix: pip install" in problem
