@@ -360,8 +360,8 @@ def _attach_money(out: pd.DataFrame, prices: Mapping[str, Price | None]) -> None
         else:
             kind.append("token")
             per_hour.append(math.nan)
-            per_txn.append(row.prompt_token_count_mean / 1000 * (price.input_per_1k or 0.0)
-                           + row.completion_token_count_mean / 1000 * (price.output_per_1k or 0.0))
+            per_txn.append(price.token_cost(row.prompt_token_count_mean,
+                                            row.completion_token_count_mean))
     out["pricing"] = kind
     out["price_per_hour"] = per_hour
     out["price_per_txn"] = pd.Series(per_txn, index=out.index, dtype=float)
@@ -415,8 +415,7 @@ def experiment_costs(
         elif price.kind == "instance":
             row["cost"] = price.price_per_hour * seconds / 3600
         else:
-            row["cost"] = (prompt / 1000 * (price.input_per_1k or 0.0)
-                           + completion / 1000 * (price.output_per_1k or 0.0))
+            row["cost"] = price.token_cost(prompt, completion)
             row["basis"] = "tokens of successful requests"
         rows.append(row)
     columns = ["experiment", "instance_type", "instance_count", "pricing", "price_per_hour", "hours",

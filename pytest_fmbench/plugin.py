@@ -49,7 +49,6 @@ from pytest_fmbench.roles import (
     setting,
 )
 from pytest_fmbench.run import BenchmarkRun, CaseResult, SpendLimitReached
-from pytest_fmbench.safety.spend import offline_prices
 from pytest_fmbench.timeouts import case_timeout_s, parse_case_timeout
 
 RUN_KEY = pytest.StashKey[BenchmarkRun]()
@@ -209,7 +208,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[REPORT_SETTINGS_KEY] = report_settings
     limit = _max_cost(config)
     if limit is not None:
-        run.limit_spend(limit, offline_prices(bench_config))
+        run.limit_spend(limit)  # priced once the selected experiments are checked
     role.register()
     _install_sigterm(config)
 

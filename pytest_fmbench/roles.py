@@ -208,7 +208,7 @@ class WorkerRole(Role):
         self.run.pricing_from_read_bucket(quiet=True)  # the controller said where from
         price_selected(self.run.config, self.setup.settings,
                        selected_experiments(self.run.config, names))
-        self.run.reprice_spend(self.setup.settings.prices)
+        self.run.price_spend(self.setup.settings.prices)
 
     def ship_log_lines(self, report: pytest.TestReport) -> None:
         lines = self.run_log.take()  # deploy progress, warnings, teardown failures of this phase
@@ -427,7 +427,7 @@ class Controller:
                            selected_experiments(self.run.config, experiments))
         except ConfigError as exc:
             raise pytest.UsageError(exc.render()) from None
-        self.run.reprice_spend(self.settings.prices)
+        self.run.price_spend(self.settings.prices)
 
     def _print_estimate(self) -> None:
         """Before the first deploy (also under --collect-only): what the selection may cost."""
@@ -437,7 +437,11 @@ class Controller:
             return
         selected = {nodeid.rsplit("[", 1)[-1].rstrip("]") for nodeid in self.expected}
         cases = [case for case in self.cases if case.id in selected]
-        estimates = estimate(run.config, cases, offline_prices(run.config))
+        # The checked prices once the selection was checked; under --collect-only (no
+        # checks, no network) the pricing tables alone.
+        prices = (offline_prices(run.config) if self.config.option.collectonly
+                  else self.settings.prices)
+        estimates = estimate(run.config, cases, prices)
         if run.guard is None and all(e.price is None for e in estimates):
             return  # nothing priced (local or bring-your-own endpoints): nothing to say
         lines = estimate_lines(estimates, run.guard.limit if run.guard else None)

@@ -127,16 +127,20 @@ class BenchmarkRun:
             self._counter = load_token_counter(self._tokenizer_spec(), warn=self.log)
         return self._counter
 
+    @property
+    def read_cache(self) -> Path:
+        """Where the read bucket's files are downloaded: next to the payload files, so later
+        runs reuse them."""
+        return self.payload_dir.parent / "fmbench-read"
+
     def fmbench_inputs(self) -> FmbenchInputs | None:
         """The config's ``s3_read_data`` files as local paths (read dir, else read bucket)."""
         if self._inputs is None and uses_read_data(self.config):
             from pytest_fmbench.data.fmbench_read import read_source, resolve_inputs
 
-            # Next to the payload files, so later runs reuse what was downloaded.
-            cache = self.payload_dir.parent / "fmbench-read"
-            source = read_source(self.config, read_dir=self.read_dir, cache_dir=cache,
-                                 s3_client=self._s3_client)
-            self._inputs = resolve_inputs(self.config, source, cache_dir=cache)
+            source = read_source(self.config, read_dir=self.read_dir,
+                                 cache_dir=self.read_cache, s3_client=self._s3_client)
+            self._inputs = resolve_inputs(self.config, source, cache_dir=self.read_cache)
             self.log(f"[fmbench] source data, prompt template and tokenizer from the FMBench "
                      f"{self._inputs.origin}")
         return self._inputs
@@ -155,8 +159,7 @@ class BenchmarkRun:
         section = self.config.s3_read_data
         assert section is not None and section.read_bucket
         warning = self.config.pricing_fallback_warning
-        bucket = S3ReadBucket(section.read_bucket, self.payload_dir.parent / "fmbench-read",
-                              self._s3_client)
+        bucket = S3ReadBucket(section.read_bucket, self.read_cache, self._s3_client)
         try:
             found = use_bucket_pricing(self.config, bucket)
         except ConfigError as exc:  # the data's own lookup reports bucket problems
@@ -295,15 +298,15 @@ class BenchmarkRun:
         self.log(f"[fmbench] warm-up of '{name}': {count} request(s) ({seconds})"
                  + (f", {len(failed)} failed: {failed[0].error} {failed[0].error_detail}" if failed else ""))
 
-    def limit_spend(self, limit: float, prices: dict[str, Any]) -> None:
+    def limit_spend(self, limit: float) -> None:
         """``--fmbench-max-cost``: check every deploy and case against the run's spend."""
-        self.guard = SpendGuard(limit, self.config, prices, self.spend)
+        self.guard = SpendGuard(limit, self.config, self.spend)
 
-    def reprice_spend(self, prices: dict[str, Any]) -> None:
-        """The checked prices of the selected experiments (a pricing file from the read
-        bucket, an instance type learned by preflight) replace the spend guard's first guess."""
+    def price_spend(self, prices: dict[str, Any]) -> None:
+        """The checked prices of the selected experiments (with a pricing file from the read
+        bucket, an instance type learned by preflight), for the spend guard."""
         if self.guard is not None:
-            self.guard.prices.update({name: p for name, p in prices.items() if p is not None})
+            self.guard.prices.update(prices)
 
     def endpoint_for(self, case: Case) -> Endpoint:
         """The case's endpoint, deployed on first use, within the spend limit if one is set."""
@@ -346,19 +349,6 @@ class BenchmarkRun:
         self._account_teardowns(live)
         raise SpendLimitReached(reason)
 
-    def _account(self, case: Case, records: list[RequestRecord]) -> None:
-        if self.guard is None:
-            return
-        ok = [r for r in records if r.ok]
-        self.guard.observe(case.experiment, [(r.last_byte_ns - r.sent_ns) / 1e9 for r in ok],
-                           [r.prompt_tokens for r in ok if r.prompt_tokens is not None])
-        price = self.guard.prices.get(case.experiment)
-        if price is not None and price.kind == "token":
-            assert price.input_per_1k is not None and price.output_per_1k is not None
-            cost = sum((r.prompt_tokens or 0) * price.input_per_1k
-                       + (r.completion_tokens or 0) * price.output_per_1k for r in records) / 1000
-            self.spend.tokens(case.experiment, cost)
-
     # -- cases -------------------------------------------------------------------------
     def run_case(self, case: Case, endpoint: Endpoint) -> CaseResult:
         experiment = self.config.experiment(case.experiment)
@@ -379,7 +369,8 @@ class BenchmarkRun:
             run_load(plan, endpoint.client, requests, context, emit, log=self.log)
         finally:
             self.records.checkpoint()
-            self._account(case, records)
+            if self.guard is not None:
+                self.guard.record_case(case.experiment, records)
         return CaseResult(case, records, case_summary(records))
 
     def close(self) -> None:
@@ -444,7 +435,7 @@ def cleanup_orphans(run: BenchmarkRun, worker: str | None = None) -> list[str]:
     )
     from pytest_fmbench.endpoints.registry import backend_factory
     from pytest_fmbench.safety.journal import open_entries_in
-    from pytest_fmbench.safety.reap import ReapFailed, reap_plan
+    from pytest_fmbench.safety.reap import reap_plan
 
     done: list[str] = []
     covered: set[tuple[str, str]] = set()
@@ -467,7 +458,7 @@ def cleanup_orphans(run: BenchmarkRun, worker: str | None = None) -> list[str]:
             run.log(f"[fmbench] tore down the endpoint of '{name}' left by crashed worker "
                     f"{owner}: {', '.join(deleted) or 'nothing was left'}")
             run.safety.journal.torn_down(str(entry["id"]))
-        except (ReapFailed, Exception) as exc:  # noqa: BLE001 - report it and go on
+        except Exception as exc:  # noqa: BLE001 - ReapFailed or any other: report it, go on
             error = f"{type(exc).__name__}: {exc}"
             run.log(f"[fmbench] WARNING: could not tear down '{name}' left by crashed worker "
                     f"{owner}: {error}")

@@ -76,8 +76,8 @@ class FakeRun:
     def pricing_from_read_bucket(self, *, quiet: bool = False) -> None:
         self.calls.append("pricing_from_read_bucket")
 
-    def reprice_spend(self, prices: dict[str, Any]) -> None:
-        self.calls.append("reprice_spend")
+    def price_spend(self, prices: dict[str, Any]) -> None:
+        self.calls.append("price_spend")
 
 
 def fake_config(tmp_path: Path, *, collectonly: bool = False, worker: str = "") -> Any:

@@ -88,7 +88,7 @@ def test_the_ledger_is_shared_by_the_processes_of_a_run(tmp_path: Path) -> None:
 
 def test_the_guard_stops_for_good_once_the_next_step_would_cross_the_limit(tmp_path: Path) -> None:
     ledger = SpendLedger(tmp_path)
-    guard = SpendGuard(10.0, SAGEMAKER, PRICES, ledger)
+    guard = SpendGuard(10.0, SAGEMAKER, ledger, PRICES)
     sm = SAGEMAKER.experiments[0]
     assert guard.deploy_commitment(sm) == pytest.approx(3.0 * 600 / 3600)
     assert guard.check("deploying 'sm'", guard.deploy_commitment(sm)) is None
@@ -103,6 +103,23 @@ def test_the_guard_stops_for_good_once_the_next_step_would_cross_the_limit(tmp_p
     assert SpendLedger(tmp_path).stop_reasons() == [reason]
 
 
+def test_a_finished_token_priced_case_spends_its_tokens(tmp_path: Path) -> None:
+    from pytest_fmbench.load.records import RequestRecord
+
+    ledger = SpendLedger(tmp_path)
+    guard = SpendGuard(10.0, SAGEMAKER, ledger, PRICES)
+
+    def record(prompt: int, completion: int, error: str = "") -> RequestRecord:
+        return RequestRecord(run_id="r", experiment="claude", payload_file="p.jsonl",
+                             concurrency=1, case_id="c", request_id=0, scheduled_ns=0,
+                             sent_ns=0, last_byte_ns=2_000_000_000, prompt_tokens=prompt,
+                             completion_tokens=completion, error=error)
+
+    guard.record_case("claude", [record(1000, 100), record(2000, 0, error="timeout")])
+    # Every request's tokens at 0.25 / 1.25 USD per 1k (a failed request's prompt too).
+    assert ledger.spent() == pytest.approx((1000 * 0.25 + 100 * 1.25 + 2000 * 0.25) / 1000)
+
+
 def test_waves_commit_their_rounds_at_the_slowest_latency_seen(tmp_path: Path) -> None:
     cfg = config_of("""\
         datasets: {filters: [{payload_file: p.jsonl}]}
@@ -111,7 +128,7 @@ def test_waves_commit_their_rounds_at_the_slowest_latency_seen(tmp_path: Path) -
              payload_files: [p.jsonl], concurrency_levels: [4]}
         """)
     price = Price("instance", "a", "test", hourly=3600.0)
-    guard = SpendGuard(100.0, cfg, {"a": price}, SpendLedger(tmp_path))
+    guard = SpendGuard(100.0, cfg, SpendLedger(tmp_path), {"a": price})
     guard.observe("a", [0.5, 2.0, 1.0])
     # 40 requests at 4 in flight: 10 rounds of 2 s at 1 USD/s.
     assert guard.case_commitment(expand_cases(cfg)[0], 40) == pytest.approx(20.0)

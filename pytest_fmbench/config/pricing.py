@@ -62,6 +62,11 @@ class Price:
     input_per_1k: float | None = None    # token-priced
     output_per_1k: float | None = None
 
+    def token_cost(self, prompt_tokens: float, completion_tokens: float) -> float:
+        """USD for these tokens at the token rates (METRICS.md "Money"; 0 for a missing rate)."""
+        return (prompt_tokens / 1000 * (self.input_per_1k or 0.0)
+                + completion_tokens / 1000 * (self.output_per_1k or 0.0))
+
     @property
     def price_per_hour(self) -> float:
         if self.kind != "instance" or self.hourly is None:

@@ -27,6 +27,7 @@ from typing import Any
 from pytest_fmbench.cases import Case
 from pytest_fmbench.config.model import Config, Experiment
 from pytest_fmbench.config.pricing import Price
+from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.timeouts import case_timeout_s, request_bound_s
 
 # A SageMaker real-time endpoint typically takes 5-15 minutes to reach InService.
@@ -85,11 +86,6 @@ def _most_requests(config: Config, experiment: Experiment, case: Case) -> int:
     return math.ceil(per_s * (load.duration_s + (load.warmup_s or 0.0)))
 
 
-def _token_cost(price: Price, requests: int, prompt_tokens: int, output_tokens: int) -> float:
-    assert price.input_per_1k is not None and price.output_per_1k is not None
-    return requests * (prompt_tokens * price.input_per_1k + output_tokens * price.output_per_1k) / 1000
-
-
 def estimate_experiment(config: Config, experiment: Experiment, cases: Sequence[Case],
                         price: Price | None) -> ExperimentEstimate:
     if price is None or not cases:
@@ -102,7 +98,7 @@ def estimate_experiment(config: Config, experiment: Experiment, cases: Sequence[
             if top is None or output is None or high is None:
                 high = None
                 break
-            high += _token_cost(price, _most_requests(config, experiment, case), top, output)
+            high += _most_requests(config, experiment, case) * price.token_cost(top, output)
         return ExperimentEstimate(experiment.name, len(cases), price, 0.0, high)
     deploy_s = EXPECTED_DEPLOY_S.get(experiment.resolved_backend or "", 0.0) if experiment.deploy else 0.0
     load = config.load_for(experiment)
@@ -218,11 +214,12 @@ def spent(rows: Iterable[Mapping[str, Any]], now: float) -> float:
 class SpendGuard:
     """Refuses the next deploy or case once spent + committed would exceed ``limit``."""
 
-    def __init__(self, limit: float, config: Config, prices: Mapping[str, Price | None],
-                 ledger: SpendLedger) -> None:
+    def __init__(self, limit: float, config: Config, ledger: SpendLedger,
+                 prices: Mapping[str, Price | None] | None = None) -> None:
         self.limit = limit
         self.config = config
-        self.prices = dict(prices)
+        # Given once the selected experiments are priced (before the first deploy).
+        self.prices: dict[str, Price | None] = dict(prices or {})
         self.ledger = ledger
         self.reason: str | None = None
         self._request_s: dict[str, float] = {}
@@ -235,6 +232,17 @@ class SpendGuard:
             self._request_s[experiment] = max(latencies_s)  # pessimistic: the slowest seen
         if prompt_tokens:
             self._prompt_tokens[experiment] = sum(prompt_tokens) / len(prompt_tokens)
+
+    def record_case(self, experiment: str, records: Sequence[RequestRecord]) -> None:
+        """A finished case: its latencies and prompts for the next commitments, and the
+        tokens it spent when the experiment is token-priced."""
+        ok = [r for r in records if r.ok]
+        self.observe(experiment, [(r.last_byte_ns - r.sent_ns) / 1e9 for r in ok],
+                     [r.prompt_tokens for r in ok if r.prompt_tokens is not None])
+        price = self.prices.get(experiment)
+        if price is not None and price.kind == "token":
+            self.ledger.tokens(experiment, sum(
+                price.token_cost(r.prompt_tokens or 0, r.completion_tokens or 0) for r in records))
 
     def deploy_commitment(self, experiment: Experiment) -> float:
         price = self.prices.get(experiment.name)
@@ -253,7 +261,7 @@ class SpendGuard:
             prompt = self._prompt_tokens.get(case.experiment) or _top_prompt_tokens(
                 self.config, case.payload_file) or 0
             output = max_output_tokens(self.config, experiment) or 0
-            return _token_cost(price, requests, int(prompt), output)
+            return requests * price.token_cost(prompt, output)
         if load.duration_s is not None and load.pattern != "waves":
             seconds = load.duration_s + (load.warmup_s or 0.0) + request_s
         else:
