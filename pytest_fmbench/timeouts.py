@@ -28,8 +28,6 @@ SAGEMAKER_TEARDOWN_S = 900.0
 LOCAL_TEARDOWN_S = 60.0
 # load.max_case_s: a load process still running this long after the deadline is killed.
 PROCESS_KILL_GRACE_S = 10.0
-# AWS backends retry throttled requests by default (see endpoints/aws.py).
-DEFAULT_RETRIES = {"bedrock": 3, "sagemaker": 0}
 
 
 def parse_case_timeout(text: str | None) -> float | None | str:
@@ -63,7 +61,7 @@ def request_bound_s(load: LoadSettings, retry: RetrySettings | None, backend: st
     timeout = load.request_timeout_s or 120.0
     if retry is None:
         return timeout
-    retries = retry.max_retries if retry.max_retries is not None else DEFAULT_RETRIES.get(backend, 3)
+    retries = retry.retries_for(backend)
     return timeout * (1 + retries) + retries * retry.max_backoff_s
 
 
@@ -118,7 +116,7 @@ def teardown_bound_s(experiment: Experiment) -> float:
 
 def _retry(experiment: Experiment) -> RetrySettings | None:
     if experiment.resolved_backend == "sagemaker":
-        return experiment.sagemaker.retry if experiment.sagemaker else RetrySettings(max_retries=0)
+        return experiment.sagemaker.retry if experiment.sagemaker else RetrySettings()
     if experiment.resolved_backend == "bedrock":
-        return experiment.bedrock.retry if experiment.bedrock else RetrySettings(max_retries=3)
+        return experiment.bedrock.retry if experiment.bedrock else RetrySettings()
     return None

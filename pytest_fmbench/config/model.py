@@ -341,6 +341,10 @@ class OpenAISettings(Section):
     deploy: DeployCommand | None = None
 
 
+# Retries of a throttled request when ``retry.max_retries`` is unset; any other backend: 0.
+DEFAULT_MAX_RETRIES = {"bedrock": 3, "sagemaker": 0}
+
+
 class RetrySettings(Section):
     """Our bounded retry policy for throttled requests (never infinite, always counted).
 
@@ -355,6 +359,10 @@ class RetrySettings(Section):
     max_backoff_s: float = Field(default=8.0, ge=0)
     # Error classes that are retried (see METRICS.md).
     retry_on: list[str] = Field(default_factory=lambda: ["throttled"])
+
+    def retries_for(self, backend: str) -> int:
+        """The most retries of one request: ours if set, else the backend's default."""
+        return self.max_retries if self.max_retries is not None else DEFAULT_MAX_RETRIES.get(backend, 0)
 
 
 class SageMakerSettings(Section):

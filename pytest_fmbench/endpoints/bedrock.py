@@ -21,7 +21,7 @@ import json
 from typing import Any
 
 from pytest_fmbench.clock import now_ns
-from pytest_fmbench.config.model import BedrockSettings, Config, Experiment
+from pytest_fmbench.config.model import DEFAULT_MAX_RETRIES, BedrockSettings, Config, Experiment
 from pytest_fmbench.endpoints import aws
 from pytest_fmbench.endpoints.base import EndpointClient, InferenceRequest, InferenceResult
 from pytest_fmbench.endpoints.bedrock_formats import (
@@ -38,7 +38,7 @@ from pytest_fmbench.endpoints.registry import EndpointContext
 from pytest_fmbench.endpoints.sagemaker_formats import Completion
 from pytest_fmbench.errors import ConfigError
 
-DEFAULT_RETRIES = 3
+DEFAULT_RETRIES = DEFAULT_MAX_RETRIES["bedrock"]
 
 
 def model_id_of(experiment: Experiment) -> str | None:

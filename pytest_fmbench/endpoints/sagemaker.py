@@ -430,12 +430,11 @@ class SageMakerEndpoint:
                     self._created.remove(item)
             for item in [i for i in self._pending if i[0] == kind]:
                 try:
-                    ours = self._tagged_as_ours(sm, *item)
+                    tags = cleanup.tags_of(sm, *item)  # None: the create never happened
                 except Exception as exc:  # noqa: BLE001
-                    if not cleanup.is_not_found(exc):
-                        errors.append(f"{item[0]} '{item[1]}': {exc}")
-                        continue
-                    ours = False  # not there: the create never happened
+                    errors.append(f"{item[0]} '{item[1]}': {exc}")
+                    continue
+                ours = tags is not None and tags.get(RUN_ID_TAG) == self.context.run_id
                 if not ours or self._delete(sm, *item, errors):
                     self._pending.remove(item)
         if errors:
@@ -457,16 +456,6 @@ class SageMakerEndpoint:
             errors.append(str(exc))
             return False
         return True
-
-    def _tagged_as_ours(self, sm: Any, kind: str, name: str) -> bool:
-        if kind == "endpoint":
-            arn = sm.describe_endpoint(EndpointName=name)["EndpointArn"]
-        elif kind == "endpoint-config":
-            arn = sm.describe_endpoint_config(EndpointConfigName=name)["EndpointConfigArn"]
-        else:
-            arn = sm.describe_model(ModelName=name)["ModelArn"]
-        tags = {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=arn).get("Tags", [])}
-        return tags.get(RUN_ID_TAG) == self.context.run_id
 
     # -- if this process dies ----------------------------------------------------------
     def reap_plan(self) -> dict[str, Any] | None:

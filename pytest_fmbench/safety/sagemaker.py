@@ -181,12 +181,9 @@ def delete_plan(plan: dict[str, Any], *, deadline_s: float | None = None, poll_s
     sm = client or control_client(plan.get("region"), plan.get("endpoint_url"))
     run_id = plan.get("run_id")
     wait = float(deadline_s if deadline_s is not None else plan.get("wait_s") or 3600.0)
-    order = {kind: i for i, kind in enumerate(reversed(KINDS))}
-    resources = sorted(((str(k), str(n)) for k, n in plan.get("resources") or []),
-                       key=lambda item: order.get(item[0], 99))
     done: list[str] = []
     failures: list[str] = []
-    for kind, name in resources:
+    for kind, name in _in_delete_order(plan):
         try:
             if delete_if_ours(sm, kind, name, run_id, deadline_s=wait, poll_s=poll_s,
                               log=log) == "deleted":
@@ -206,7 +203,12 @@ def delete_commands(plan: dict[str, Any]) -> list[str]:
     flags = {"endpoint": ("delete-endpoint", "--endpoint-name"),
              "endpoint-config": ("delete-endpoint-config", "--endpoint-config-name"),
              "model": ("delete-model", "--model-name")}
-    order = {kind: i for i, kind in enumerate(reversed(KINDS))}
     return [f"aws sagemaker {flags[k][0]} {flags[k][1]} {n}{region}"
-            for k, n in sorted(plan.get("resources") or [], key=lambda r: order.get(r[0], 99))
-            if k in flags]
+            for k, n in _in_delete_order(plan) if k in flags]
+
+
+def _in_delete_order(plan: dict[str, Any]) -> list[tuple[str, str]]:
+    """A plan's (kind, name) resources: endpoint, then endpoint config, then model."""
+    order = {kind: i for i, kind in enumerate(reversed(KINDS))}
+    return sorted(((str(k), str(n)) for k, n in plan.get("resources") or []),
+                  key=lambda item: order.get(item[0], 99))
