@@ -1,6 +1,8 @@
 """``python -m pytest_fmbench <command>``: the few things done outside a pytest run.
 
 - ``sweep``: delete what pytest-fmbench left running, by tag (``safety/sweep.py``);
+- ``report DIR``: rebuild a run's report and verdict from its records (``report/rebuild.py``);
+- ``merge DIR... --out DIR``: one report and verdict from several runs' (shards') records;
 - ``pricing refresh``: fetch current prices (the same as ``python -m
   pytest_fmbench.config.pricing refresh``, which keeps working).
 """
@@ -10,9 +12,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-USAGE = """usage: python -m pytest_fmbench {sweep,pricing} ...
+USAGE = """usage: python -m pytest_fmbench {sweep,report,merge,pricing} ...
 
   sweep     delete what pytest-fmbench left running, found by its tags (--help for options)
+  report    rebuild a run's report and verdict from its records: report DIR
+  merge     one report and verdict from several results dirs: merge DIR... --out DIR
   pricing   refresh the price table from the AWS Pricing API (pricing refresh --help)
 """
 
@@ -27,6 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pytest_fmbench.safety.sweep import main as sweep
 
         return sweep(rest)
+    if command in ("report", "merge"):
+        from pytest_fmbench.report.rebuild import main as rebuild
+
+        return rebuild(rest, merge=command == "merge")
     if command == "pricing":
         from pytest_fmbench.config.pricing import main as pricing
 

@@ -49,6 +49,7 @@ from pytest_fmbench.roles import (
     setting,
 )
 from pytest_fmbench.run import BenchmarkRun, CaseResult, SpendLimitReached
+from pytest_fmbench.shard import Shard, parse_shard
 from pytest_fmbench.timeouts import case_timeout_s, parse_case_timeout
 
 RUN_KEY = pytest.StashKey[BenchmarkRun]()
@@ -118,6 +119,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("fmbench_teardown_timeout", "seconds a failing teardown is retried")
     parser.addini("fmbench_gate", "budget gate mode: best or every")
     parser.addini("fmbench_results_dir", "directory for records and the report")
+    group.addoption("--fmbench-shard", dest="fmbench_shard", metavar="K/N", default=None,
+                    help="run shard K of N: a deterministic share of whole experiments (each "
+                    "endpoint deployed once across the shards); merge the shards' results dirs "
+                    "with 'python -m pytest_fmbench merge'. Env: FMBENCH_SHARD; ini: fmbench_shard.")
+    parser.addini("fmbench_shard", "run shard K/N of the experiments")
 
 
 def _read_dir(config: pytest.Config) -> Path | None:
@@ -198,7 +204,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     setup = RunSetup(bench_config, cases, report_settings, read_dir=read_dir,
                      teardown_deadline_s=_teardown_timeout(config),
-                     upload=upload)
+                     upload=upload, shard=_shard(config))
     # Chosen once: every duty that differs between the controller and a worker is the role's.
     role = choose_role(config).start(config, setup)
     config.stash[ROLE_KEY] = role
@@ -211,6 +217,17 @@ def pytest_configure(config: pytest.Config) -> None:
         run.limit_spend(limit)  # priced once the selected experiments are checked
     role.register()
     _install_sigterm(config)
+
+
+def _shard(config: pytest.Config) -> Shard | None:
+    raw = setting(config, "fmbench_shard", "FMBENCH_SHARD")
+    if not raw:
+        return None
+    try:
+        return parse_shard(raw)
+    except ValueError as exc:
+        raise pytest.UsageError(f"--fmbench-shard: {exc}\n  fix: e.g. --fmbench-shard=1/4 "
+                                "(or FMBENCH_SHARD=1/4) for the first of four shards") from None
 
 
 def _max_cost(config: pytest.Config) -> float | None:
@@ -325,8 +342,12 @@ def _timeout_mark(timeouts: dict[str, float | None], case: Case) -> list[pytest.
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Cases of one experiment run contiguously (one deploy), in config order."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Cases of one experiment run contiguously (one deploy), in config order; with
+    ``--fmbench-shard``, only the shard's experiments (after ``-k``/``-m``)."""
+    role = config.stash.get(ROLE_KEY, None)
+    if role is not None:
+        role.select_shard(items)
     positions = [i for i, item in enumerate(items) if case_of(item) is not None]
     ordered = sorted((items[i] for i in positions), key=lambda it: case_of(it).experiment_index)  # type: ignore[union-attr]
     for position, item in zip(positions, ordered):

@@ -20,7 +20,8 @@ PAYLOADS_DIR = "payloads"
 RUN_FILE = "run.json"
 KEEP_PREVIOUS = 3
 # What marks a directory as one a run wrote into (anything else is left alone).
-_RUN_MARKERS = ("run.json", "records*.jsonl", "endpoints*.jsonl", "benchmark.json", "report.md")
+_RUN_MARKERS = ("run.json", "records*.jsonl", "endpoints*.jsonl", "benchmark.json", "report.md",
+                "cases.jsonl")
 _KEPT = frozenset({PREVIOUS_DIR, PAYLOADS_DIR})
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from pytest_fmbench.case_ledger import CaseLedger, case_label
 from pytest_fmbench.cases import Case
 from pytest_fmbench.config.model import Config
 from pytest_fmbench.errors import ConfigError, FmbenchError
@@ -40,6 +41,7 @@ from pytest_fmbench.runlog import RunLog
 from pytest_fmbench.safety.net import DISABLE_ENV, SafetyNet
 from pytest_fmbench.safety.spend import estimate, estimate_lines, offline_prices
 from pytest_fmbench.selection import check_selected, price_selected, selected_experiments
+from pytest_fmbench.shard import Shard
 
 # The case summary rides on the call report (xdist ships report attributes to the controller).
 REPORT_ATTRIBUTE = "fmbench"
@@ -47,6 +49,8 @@ REPORT_ATTRIBUTE = "fmbench"
 LOG_ATTRIBUTE = "fmbench_log"
 # What a worker could not tear down, in its workeroutput.
 LEFT_RUNNING_OUTPUT = "fmbench_left_running"
+# With --fmbench-shard, the cases a worker's collection selected before the shard's share.
+EXPECTED_OUTPUT = "fmbench_expected_cases"
 CONTROLLER = "fmbench-controller"
 
 
@@ -115,6 +119,7 @@ class RunSetup:
     read_dir: Path | None
     teardown_deadline_s: float
     upload: bool = False
+    shard: Shard | None = None
 
 
 class Role:
@@ -130,6 +135,8 @@ class Role:
         self.outcome: SessionReport | None = None
         # The exit status while session finish runs; each failing step may raise it to 1.
         self.exitstatus: int = pytest.ExitCode.OK
+        # With --fmbench-shard: the case labels selected before the shard's share was taken.
+        self.expected_cases: list[str] | None = None
 
     @classmethod
     def start(cls, config: pytest.Config, setup: RunSetup) -> Role:
@@ -144,6 +151,7 @@ class Role:
                            payload_dir=place.payload_dir, worker=worker, log=run_log,
                            read_dir=setup.read_dir, safety=safety,
                            teardown_deadline_s=setup.teardown_deadline_s)
+        run.shard = setup.shard.label if setup.shard else ""
         return cls(config, run, run_log, setup)
 
     @staticmethod
@@ -164,6 +172,23 @@ class Role:
 
     def collection_finish(self, items: list[pytest.Item]) -> None:
         """After collection (nothing by default)."""
+
+    def select_shard(self, items: list[pytest.Item]) -> None:
+        """``--fmbench-shard``: deselect the cases of other shards' experiments (after
+        ``-k``/``-m``), and keep the cases expected without the shard for the case ledger."""
+        shard = self.setup.shard
+        if shard is None:
+            return
+        self.expected_cases = [case_label(item.nodeid) for item in items if case_of(item)]
+        mine = shard.experiments(case.experiment for case in self.setup.cases)
+        kept: list[pytest.Item] = []
+        dropped: list[pytest.Item] = []
+        for item in items:
+            case = case_of(item)
+            (dropped if case is not None and case.experiment not in mine else kept).append(item)
+        if dropped:
+            self.config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
 
     def ship_log_lines(self, report: pytest.TestReport) -> None:
         """Lines logged during a test phase, for the controller (nothing by default)."""
@@ -222,6 +247,8 @@ class WorkerRole(Role):
         workeroutput: dict[str, Any] = getattr(self.config, "workeroutput", {})
         workeroutput[LEFT_RUNNING_OUTPUT] = self.run.left_running()
         workeroutput[LOG_ATTRIBUTE] = self.run_log.take()
+        if self.expected_cases is not None:  # the controller collects nothing itself
+            workeroutput[EXPECTED_OUTPUT] = self.expected_cases
         self.run.safety.close(done=True)
         return exitstatus  # the controller gives the verdict
 
@@ -233,6 +260,10 @@ class ControllerRole(Role):
                  setup: RunSetup) -> None:
         super().__init__(config, run, run_log, setup)
         self.ledger = Controller(config, run, setup.cases, setup.settings)
+
+    def select_shard(self, items: list[pytest.Item]) -> None:
+        super().select_shard(items)
+        self.ledger.expected_all = self.expected_cases
 
     @staticmethod
     def before_run(config: pytest.Config, setup: RunSetup, place: RunPlace) -> None:
@@ -249,7 +280,7 @@ class ControllerRole(Role):
     def register(self) -> None:
         self.config.pluginmanager.register(self.ledger, CONTROLLER)
         if self.config.pluginmanager.hasplugin("xdist"):  # like pytest-randomly's XdistHooks
-            self.config.pluginmanager.register(XdistHooks(self.run), "fmbench-xdist")
+            self.config.pluginmanager.register(XdistHooks(self.run, self.ledger), "fmbench-xdist")
 
     def session_finish(self, exitstatus: int) -> int:
         """No step may raise out of this hook (pytest would print INTERNALERROR and skip the
@@ -395,6 +426,10 @@ class Controller:
         self.skipped_ids = {case.id for case in cases if case.skip_reason}
         self.expected: list[str] = []
         self.completed: set[str] = set()
+        # cases.jsonl: the selection and each completed case, for `report`/`merge` later.
+        self.case_file = CaseLedger(run.results_dir)
+        # With --fmbench-shard: the cases expected without it (set by the role).
+        self.expected_all: list[str] | None = None
 
     def _is_case(self, nodeid: str) -> bool:
         from pytest_fmbench.xdist import experiment_of
@@ -406,7 +441,29 @@ class Controller:
         self._check_selected([case.experiment for item in session.items
                               if (case := case_of(item)) is not None])
         if self.expected:
+            self._write_plan(self.expected_all)
             self._print_estimate()
+
+    def _write_plan(self, expected_all: list[str] | None) -> None:
+        """The ledger's plan line: expected cases (all shards), this run's, the skipped."""
+        if self.config.option.collectonly:
+            return
+        selected = [case_label(nodeid) for nodeid in self.expected]
+        skipped = [case_label(nodeid) for nodeid in self.expected
+                   if nodeid.rsplit("[", 1)[-1].rstrip("]") in self.skipped_ids]
+        source = self.run.config.source_path
+        failure = finish_step("the case ledger", lambda: self.case_file.plan(
+            expected=expected_all if expected_all is not None else selected, selected=selected,
+            skipped=skipped, shard=self.run.shard, run_id=self.run.run_id, host=self.run.host,
+            config=str(source) if source else None))
+        if failure:
+            self.run.log(f"[fmbench] WARNING {failure}")
+
+    def worker_expected(self, expected_all: list[str]) -> None:
+        """xdist with --fmbench-shard: a worker's pre-shard selection (once, at its end)."""
+        if self.expected_all is None and self.expected:
+            self.expected_all = list(expected_all)
+            self._write_plan(self.expected_all)
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
@@ -415,6 +472,9 @@ class Controller:
 
             self.expected = [nodeid for nodeid in ids if self._is_case(nodeid)]
             self._check_selected([experiment_of(nodeid, self.case_ids) for nodeid in ids])
+            if self.expected:
+                # Under a shard the expected list comes from a worker at its end.
+                self._write_plan(None)
             self._print_estimate()
 
     def _check_selected(self, experiments: list[str | None]) -> None:
@@ -466,6 +526,11 @@ class Controller:
         if report.when != "call" or report.skipped:  # a skipped case measured nothing
             return
         self.completed.add(report.nodeid)
+        if self._is_case(report.nodeid):
+            failure = finish_step("the case ledger", lambda: self.case_file.done(
+                case_label(report.nodeid)))
+            if failure:
+                self.run.log(f"[fmbench] WARNING {failure}")
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         value = getattr(report, REPORT_ATTRIBUTE, None)
         if isinstance(value, dict) and reporter is not None:
@@ -476,8 +541,9 @@ class Controller:
 class XdistHooks:
     """The controller's side of xdist; registered only when pytest-xdist is present."""
 
-    def __init__(self, run: BenchmarkRun) -> None:
+    def __init__(self, run: BenchmarkRun, ledger: Controller | None = None) -> None:
         self.run = run
+        self.ledger = ledger
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["fmbench_run_id"] = self.run.run_id
@@ -493,6 +559,9 @@ class XdistHooks:
         output = getattr(node, "workeroutput", {})
         for line in output.get(LOG_ATTRIBUTE) or []:
             self.run.log(f"[{worker}] {line}")
+        expected = output.get(EXPECTED_OUTPUT)
+        if expected is not None and self.ledger is not None:
+            self.ledger.worker_expected(list(expected))
         left = output.get(LEFT_RUNNING_OUTPUT)
         if left:
             self.run.workers_left.extend(left)

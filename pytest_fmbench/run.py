@@ -99,6 +99,10 @@ class BenchmarkRun:
         self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.spend = SpendLedger(results_dir, worker)
         self.guard: SpendGuard | None = None
+        # ``--fmbench-shard`` ("K/N"; "" unsharded) and this host, stamped on every record so
+        # results dirs can be merged later.
+        self.shard = ""
+        self.host = platform.node()
 
     # -- files -------------------------------------------------------------------------
     @property
@@ -358,7 +362,8 @@ class BenchmarkRun:
         plan = plan_load(settings, case.concurrency, len(requests))
         self._check_case_spend(case, plan.requests or plan.waves * plan.concurrency)
         context = RecordContext(self.run_id, case.experiment, case.payload_file,
-                                case.concurrency, case.id, self.worker)
+                                case.concurrency, case.id, self.worker, shard=self.shard,
+                                host=self.host)
         records: list[RequestRecord] = []
 
         def emit(record: RequestRecord) -> None:

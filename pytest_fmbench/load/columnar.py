@@ -56,6 +56,11 @@ RECORD_SCHEMA = pa.schema([
     ("queued", pa.bool_()),
     ("loop_lag_us", pa.int64()),
     ("saturated", pa.bool_()),
+    ("shard", pa.string()),
+    ("host", pa.string()),
+    ("clock_anchor_ns", pa.int64()),
+    ("clock_offset_ns", pa.int64()),
+    ("clock_uncertainty_ns", pa.int64()),
 ])
 
 

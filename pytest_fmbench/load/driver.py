@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from pytest_fmbench.clock import anchor
 from pytest_fmbench.endpoints.base import EndpointClient, InferenceRequest
 from pytest_fmbench.load.monitor import LoopLagMonitor
 from pytest_fmbench.load.patterns import Completed, Dispatcher, LoadPlan, get_pattern
@@ -25,6 +26,8 @@ from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.redaction import scrub
 
 T = TypeVar("T")
+# This process's clock anchor (wall ns), stamped on each of its records.
+_ANCHOR_WALL_NS = anchor()[0]
 Emit = Callable[[RequestRecord], None]
 
 
@@ -38,6 +41,12 @@ class RecordContext:
     concurrency: int
     case_id: str
     worker: str = ""
+    shard: str = ""
+    host: str = ""
+    # Another host's process (``load.executor: ray``): its clock minus the driver's, and
+    # the estimate's uncertainty; its timestamps are moved onto the driver's timeline.
+    clock_offset_ns: int = 0
+    clock_uncertainty_ns: int = 0
 
     def record(self, done: Completed) -> RequestRecord:
         result, request = done.result, done.request
@@ -55,6 +64,8 @@ class RecordContext:
             wave=done.wave, retries=result.retries, retry_wait_ns=result.retry_wait_ns,
             worker=self.worker, itl_us=result.itl_us,
             queued=done.queued, loop_lag_us=done.loop_lag_us, saturated=done.saturated,
+            shard=self.shard, host=self.host, clock_anchor_ns=_ANCHOR_WALL_NS,
+            clock_offset_ns=self.clock_offset_ns, clock_uncertainty_ns=self.clock_uncertainty_ns,
         )
 
 

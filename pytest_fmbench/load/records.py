@@ -81,6 +81,17 @@ class RequestRecord:
     queued: bool = False
     loop_lag_us: int | None = None
     saturated: bool = False
+    # Where the record was measured, so results dirs of several runs can be merged later
+    # (``python -m pytest_fmbench merge``): the shard (``--fmbench-shard``, "K/N"), the host,
+    # and the measuring process's clock anchor (``clock.anchor()``'s wall time: records of one
+    # process share it). A process on another host (``load.executor: ray``) writes its
+    # timestamps on the driver's timeline: ``clock_offset_ns`` (its clock minus the driver's,
+    # already subtracted) and ``clock_uncertainty_ns`` (half the best ping's round trip).
+    shard: str = ""
+    host: str = ""
+    clock_anchor_ns: int = 0
+    clock_offset_ns: int = 0
+    clock_uncertainty_ns: int = 0
 
     @property
     def ok(self) -> bool:

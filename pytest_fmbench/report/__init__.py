@@ -11,7 +11,7 @@ import dataclasses
 import json
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -82,15 +82,19 @@ def read_events(results_dir: Path) -> list[dict[str, Any]]:
 
 
 def analyze(results_dir: Path, config: Config, prices: Mapping[str, Price | None], budgets: BudgetSet,
-            mode: GateMode = "best", *, records: pa.Table | None = None) -> Analysis:
-    """Metrics, costs and the gate verdict of the records in ``results_dir``."""
-    table = records if records is not None else read_records_table(records_files(results_dir))
+            mode: GateMode = "best", *, records: pa.Table | None = None,
+            sources: Sequence[Path] | None = None) -> Analysis:
+    """Metrics, costs and the gate verdict of the records in ``results_dir``, or in the
+    results dirs ``sources`` (``merge``: several shards' records, one report)."""
+    dirs = list(sources) if sources is not None else [results_dir]
+    table = records if records is not None else read_records_table(
+        [path for folder in dirs for path in records_files(folder)])
     info = experiment_info(config)
     names = [e.name for e in config.experiments]
     frame = request_frame(table) if table.num_rows else pd.DataFrame()
     metrics = compute_metrics(table, prices=prices, info=info, slos=budgets.slos(names),
                               frame=frame if table.num_rows else None)
-    events = read_events(results_dir)
+    events = [event for folder in dirs for event in read_events(folder)]
     costs = experiment_costs(table, events, prices, info)
     verdict = gate(metrics, budgets, mode, config.metrics.dataset_of_interest)
     return Analysis(table, frame, metrics, costs, verdict, events)

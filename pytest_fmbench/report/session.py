@@ -101,15 +101,17 @@ class SessionReport:
 def finish(results_dir: Path, config: Config, settings: ReportSettings,
            meta: Mapping[str, Any] | None = None, *,
            missing_cases: Sequence[str] = (), stopped: Sequence[str] = (),
-           left_running: Sequence[dict[str, Any]] = ()) -> SessionReport:
+           left_running: Sequence[dict[str, Any]] = (),
+           sources: Sequence[Path] | None = None) -> SessionReport:
     """Build the report and judge the budgets; never raises (records are never touched).
 
     ``missing_cases``: selected cases that never completed (a crashed worker, a failed
     deploy, the spend limit); they are named in the report and fail the gate. ``stopped``:
     why the run stopped starting cases (``--fmbench-max-cost``). ``left_running``:
-    endpoints whose teardown failed; they fail the run, loudly.
+    endpoints whose teardown failed; they fail the run, loudly. ``sources``: the results
+    dirs whose records make the report (``merge``), ``results_dir`` alone by default.
     """
-    outcome = _finish(results_dir, config, settings, meta)
+    outcome = _finish(results_dir, config, settings, meta, sources)
     if left_running:
         mark_left_running(outcome, results_dir, left_running)
     extra: list[str] = [f"STOPPED: {reason}" for reason in dict.fromkeys(stopped)]
@@ -212,11 +214,13 @@ def _append_to_report(report_path: Path | None, missing: Sequence[str], lines: S
 
 
 def _finish(results_dir: Path, config: Config, settings: ReportSettings,
-            meta: Mapping[str, Any] | None = None) -> SessionReport:
+            meta: Mapping[str, Any] | None = None,
+            sources: Sequence[Path] | None = None) -> SessionReport:
     from pytest_fmbench.report import analyze, write_report
 
     try:
-        analysis = analyze(results_dir, config, settings.prices, settings.budgets, settings.mode)
+        analysis = analyze(results_dir, config, settings.prices, settings.budgets, settings.mode,
+                           sources=sources)
     except Exception as exc:  # noqa: BLE001 - a report bug must not hide the run's outcome
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         # A run whose report cannot be built fails, budgets or not: CI must not pass blind.
