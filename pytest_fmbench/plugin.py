@@ -140,16 +140,23 @@ def _upload_wanted(config: pytest.Config) -> bool:
 
 
 def _check_xdist(config: pytest.Config) -> None:
-    """Under ``-n``, only the pytest-xdist major version the experiment scheduler is tested on."""
-    if not config.pluginmanager.hasplugin("xdist") or not config.getoption("numprocesses", None):
+    """Under ``-n``/``--tx``, only the pytest-xdist major version the experiment scheduler is
+    tested on, and only workers on this host (``xdist.remote_gateways``)."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    specs = list(config.getoption("tx", None) or [])
+    if not config.getoption("numprocesses", None) and not specs:
         return
     from importlib.metadata import version
 
-    from pytest_fmbench.xdist import untested_xdist
+    from pytest_fmbench.xdist import REMOTE_WORKERS, remote_gateways, untested_xdist
 
     problem = untested_xdist(version("pytest-xdist"))
     if problem:
         raise pytest.UsageError(problem)
+    remote = remote_gateways(specs)
+    if remote:
+        raise pytest.UsageError(REMOTE_WORKERS.format(specs=", ".join(remote)))
 
 
 def _placeholder_values(pairs: list[str]) -> dict[str, str]:

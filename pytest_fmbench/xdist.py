@@ -32,6 +32,36 @@ def untested_xdist(version: str) -> str | None:
             "or run without -n")
 
 
+def remote_gateways(specs: list[str]) -> list[str]:
+    """The ``--tx`` specs whose workers may run on another host (ssh=, socket=, via a proxy).
+
+    Such a worker's records, endpoint events and journal would land on that host's disk and
+    its reaper connection could not reach this one: refused until they travel over xdist's
+    channel (the report would otherwise be silently empty).
+    """
+    import execnet
+
+    remote = []
+    for spec in specs:
+        raw = spec.split("*", 1)[1] if spec.split("*", 1)[0].isdigit() else spec
+        try:
+            parsed = execnet.XSpec(raw)
+        except Exception:  # noqa: BLE001 - xdist reports a malformed spec itself
+            continue
+        if not parsed.popen or parsed.via:
+            remote.append(spec)
+    return remote
+
+
+REMOTE_WORKERS = (
+    "--tx {specs}: workers on other hosts are not supported yet: their records, endpoint "
+    "events and journal would stay on those hosts (an empty or partial report) and a killed "
+    "worker's endpoints could not be reaped from here\n  fix: run whole experiments per host "
+    "with --fmbench-shard K/N and combine them with 'python -m pytest_fmbench merge DIR... "
+    "--out DIR', or spread one case's load over hosts with load.executor: ray; locally, "
+    "use -n N (popen workers)")
+
+
 def param_id(nodeid: str) -> str | None:
     """``path::test[alpha-payload_x-c2]`` → ``alpha-payload_x-c2``."""
     if not nodeid.endswith("]") or "[" not in nodeid:
