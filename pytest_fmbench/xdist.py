@@ -46,7 +46,7 @@ def remote_gateways(specs: list[str]) -> list[str]:
         raw = spec.split("*", 1)[1] if spec.split("*", 1)[0].isdigit() else spec
         try:
             parsed = execnet.XSpec(raw)
-        except Exception:  # noqa: BLE001 - xdist reports a malformed spec itself
+        except Exception:  # noqa: BLE001, S112 - xdist reports a malformed spec itself
             continue
         if not parsed.popen or parsed.via:
             remote.append(spec)

@@ -217,6 +217,29 @@ class InferenceSpec(BaseModel):
         return sorted(self.model_extra or {})
 
 
+class RaySettings(Section):
+    """``load.executor: ray``: where and how many load processes run as Ray actors."""
+
+    # The cluster: "auto" (a node of a running cluster), "ray://head:10001", a GCS address;
+    # unset: RAY_ADDRESS, else "auto".
+    address: str | None = None
+    # How many actors: one per alive node (offering ``resources``), one per CPU of those
+    # nodes, or a number.
+    actors: Literal["per_node", "per_cpu"] | int = "per_node"
+    # Ray placement-group strategy: spread (best effort over nodes), strict_spread (each
+    # actor on its own node), pack.
+    placement: Literal["spread", "strict_spread", "pack"] = "spread"
+    # Resources each actor needs besides one CPU, e.g. {fmbench_loadgen: 1} so load lands
+    # only on nodes started with that resource (never on the serving nodes).
+    resources: dict[str, float] = Field(default_factory=dict)
+    # Ray runtime_env for the actors (env_vars, pip, working_dir ...).
+    runtime_env: dict[str, Any] = Field(default_factory=dict)
+    # Pings per actor at the start barrier; the one with the shortest round trip wins.
+    clock_pings: int = Field(default=16, ge=1, le=1000)
+    # Seconds to wait for the placement group and the actors to start.
+    start_timeout_s: float = Field(default=120.0, gt=0)
+
+
 class LoadSettings(Section):
     """How requests are fired (ours). ``waves`` is FMBench's pattern (the default).
 
@@ -245,6 +268,10 @@ class LoadSettings(Section):
     seed: int | None = None
     # concurrency / rate: spread one case's load over this many processes.
     processes: int | None = Field(default=None, ge=1, le=256)
+    # Where the load processes run: here ("local") or as Ray actors on a cluster ("ray",
+    # the ``ray`` extra; ``load.ray`` says where and how many).
+    executor: Literal["local", "ray"] | None = None
+    ray: RaySettings | None = None
     # A request sent this late, or under this much event-loop lag, flags the client saturated.
     saturation_ms: float | None = Field(default=None, gt=0)
     # Wall-clock cap on one case (a hung server or load process cannot hang the run): at
@@ -281,6 +308,12 @@ class LoadSettings(Section):
             if (self.processes or 1) > 1:
                 found.append(("processes", ("'processes' applies to the concurrency and rate "
                                             "patterns (a wave waits for its slowest request)")))
+            if self.executor == "ray":
+                found.append(("executor", ("'executor: ray' applies to the concurrency and "
+                                           "rate patterns (waves stay in one process)")))
+        if self.executor == "ray" and (self.processes or 1) > 1:
+            found.append(("processes", ("with 'executor: ray' the number of load processes is "
+                                        "load.ray.actors (per_node, per_cpu or a number)")))
         return found
 
     def merged(self, override: LoadSettings | None) -> LoadSettings:

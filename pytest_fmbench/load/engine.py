@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pytest_fmbench.config.model import LoadSettings
+from pytest_fmbench.config.model import LoadSettings, RaySettings
 from pytest_fmbench.endpoints.base import EndpointClient, InferenceRequest
 from pytest_fmbench.load.driver import (
     Collector,
@@ -51,6 +51,8 @@ def plan_load(settings: LoadSettings, concurrency: int, payload_count: int) -> L
         saturation_ms=settings.saturation_ms or 10.0,
         max_case_s=settings.max_case_s,
         processes=processes if settings.pattern != "waves" else 1,
+        executor=settings.executor or "local",
+        ray=(settings.ray or RaySettings()) if settings.executor == "ray" else None,
     )
 
 
@@ -58,7 +60,11 @@ def run_load(plan: LoadPlan, make_client: Callable[[], EndpointClient],
              requests: Sequence[InferenceRequest], context: RecordContext, emit: Emit, *,
              log: Callable[[str], Any] | None = None) -> LoadStats:
     """Fire one case's load; every recorded request reaches ``emit`` as it completes."""
-    if plan.processes > 1:
+    if plan.executor == "ray":
+        from pytest_fmbench.load.ray_executor import run_on_ray  # imports ray itself, lazily
+
+        stats = run_on_ray(plan, make_client(), requests, context, emit, log=log)
+    elif plan.processes > 1:
         stats = run_in_processes(plan, make_client(), requests, context, emit)
     else:
         collector = Collector(context, emit)

@@ -18,7 +18,7 @@ import asyncio
 import dataclasses
 import importlib
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pytest_fmbench.clock import now_ns
 from pytest_fmbench.endpoints.base import (
@@ -28,6 +28,9 @@ from pytest_fmbench.endpoints.base import (
     InferenceResult,
 )
 from pytest_fmbench.load.monitor import LoopLagMonitor
+
+if TYPE_CHECKING:
+    from pytest_fmbench.config.model import RaySettings
 
 # Extra time a client gets beyond its own timeout before the dispatcher gives up on it.
 HANG_GRACE_S = 5.0
@@ -53,6 +56,9 @@ class LoadPlan:
     processes: int = 1
     process_index: int = 0
     start_ns: int | None = None  # the shared start on the timeline; None: at once
+    # "local" (this host: in-process or load.processes) or "ray" (Ray actors, ``ray``).
+    executor: str = "local"
+    ray: RaySettings | None = None
 
     def for_process(self, index: int, start_ns: int) -> LoadPlan:
         return dataclasses.replace(self, process_index=index, start_ns=start_ns)
