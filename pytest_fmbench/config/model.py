@@ -266,8 +266,9 @@ class LoadSettings(Section):
     # gamma arrivals: shape; < 1 burstier than Poisson, 1 = Poisson, > 1 more regular.
     burstiness: float | None = Field(default=None, gt=0)
     seed: int | None = None
-    # concurrency / rate: spread one case's load over this many processes.
-    processes: int | None = Field(default=None, ge=1, le=256)
+    # concurrency / rate: spread one case's load over this many processes; "auto": as many
+    # as a short probe shows the client needs (load/autoscale.py), up to the CPUs.
+    processes: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] | None = None
     # Where the load processes run: here ("local") or as Ray actors on a cluster ("ray",
     # the ``ray`` extra; ``load.ray`` says where and how many).
     executor: Literal["local", "ray"] | None = None
@@ -305,13 +306,13 @@ class LoadSettings(Section):
             if (self.warmup_s or 0) > 0:
                 found.append(("warmup_s", ("'warmup_s' applies to the concurrency and rate "
                                            "patterns (waves use warmup_requests)")))
-            if (self.processes or 1) > 1:
+            if self.processes == "auto" or (self.processes or 1) > 1:
                 found.append(("processes", ("'processes' applies to the concurrency and rate "
                                             "patterns (a wave waits for its slowest request)")))
             if self.executor == "ray":
                 found.append(("executor", ("'executor: ray' applies to the concurrency and "
                                            "rate patterns (waves stay in one process)")))
-        if self.executor == "ray" and (self.processes or 1) > 1:
+        if self.executor == "ray" and (self.processes == "auto" or (self.processes or 1) > 1):
             found.append(("processes", ("with 'executor: ray' the number of load processes is "
                                         "load.ray.actors (per_node, per_cpu or a number)")))
         return found

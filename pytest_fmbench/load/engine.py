@@ -39,7 +39,8 @@ def plan_load(settings: LoadSettings, concurrency: int, payload_count: int) -> L
     requests = settings.requests
     if settings.pattern != "waves" and requests is None and settings.duration_s is None:
         requests = waves.requests
-    processes = settings.processes or 1
+    auto = settings.processes == "auto" and settings.pattern != "waves"
+    processes = 1 if settings.processes == "auto" else settings.processes or 1
     if settings.pattern == "concurrency":
         processes = min(processes, concurrency)  # a process without a worker would idle
     return LoadPlan(
@@ -51,6 +52,7 @@ def plan_load(settings: LoadSettings, concurrency: int, payload_count: int) -> L
         saturation_ms=settings.saturation_ms or 10.0,
         max_case_s=settings.max_case_s,
         processes=processes if settings.pattern != "waves" else 1,
+        auto_processes=auto,
         executor=settings.executor or "local",
         ray=(settings.ray or RaySettings()) if settings.executor == "ray" else None,
     )
@@ -60,6 +62,10 @@ def run_load(plan: LoadPlan, make_client: Callable[[], EndpointClient],
              requests: Sequence[InferenceRequest], context: RecordContext, emit: Emit, *,
              log: Callable[[str], Any] | None = None) -> LoadStats:
     """Fire one case's load; every recorded request reaches ``emit`` as it completes."""
+    if plan.auto_processes and plan.executor == "local":
+        from pytest_fmbench.load.autoscale import choose_processes
+
+        plan = choose_processes(plan, make_client, requests, context, log=log)
     if plan.executor == "ray":
         from pytest_fmbench.load.ray_executor import run_on_ray  # imports ray itself, lazily
 

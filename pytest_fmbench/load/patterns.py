@@ -56,6 +56,8 @@ class LoadPlan:
     processes: int = 1
     process_index: int = 0
     start_ns: int | None = None  # the shared start on the timeline; None: at once
+    # load.processes: auto: the count is chosen by a probe before the case (load/autoscale.py).
+    auto_processes: bool = False
     # "local" (this host: in-process or load.processes) or "ray" (Ray actors, ``ray``).
     executor: str = "local"
     ray: RaySettings | None = None
