@@ -12,7 +12,7 @@ import platform
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,8 @@ from pytest_fmbench.errors import ConfigError
 from pytest_fmbench.load.columnar import ColumnarRecordWriter
 from pytest_fmbench.load.engine import RecordContext, plan_load, run_in_loop, run_load
 from pytest_fmbench.load.records import RequestRecord
-from pytest_fmbench.load.summary import case_summary
+from pytest_fmbench.load.stored import StoredRecords
+from pytest_fmbench.load.summary import CaseAggregate
 from pytest_fmbench.safety.net import SafetyNet
 from pytest_fmbench.safety.spend import SpendGuard, SpendLedger
 
@@ -50,7 +51,8 @@ run_async = run_in_loop
 @dataclasses.dataclass
 class CaseResult:
     case: Case
-    records: list[RequestRecord]
+    # A sequence: a list, or the records file read back on demand (``StoredRecords``).
+    records: Sequence[RequestRecord]
     summary: dict[str, Any]
 
     @property
@@ -359,11 +361,13 @@ class BenchmarkRun:
         self._check_case_spend(case, plan.requests or plan.waves * plan.concurrency)
         context = RecordContext(self.run_id, case.experiment, case.payload_file,
                                 case.concurrency, case.id, self.worker)
-        records: list[RequestRecord] = []
+        # Bounded memory (issue 18): the records stay on disk, the summary is streamed.
+        records = StoredRecords(self.records.path, case.id)
+        aggregate = CaseAggregate()
 
         def emit(record: RequestRecord) -> None:
-            self.records.write(record)
-            records.append(record)
+            records.add(self.records.write(record), self.records.size)
+            aggregate.add(record)
 
         try:
             run_load(plan, endpoint.client, requests, context, emit, log=self.log)
@@ -371,7 +375,7 @@ class BenchmarkRun:
             self.records.checkpoint()
             if self.guard is not None:
                 self.guard.record_case(case.experiment, records)
-        return CaseResult(case, records, case_summary(records))
+        return CaseResult(case, records, aggregate.summary())
 
     def close(self) -> None:
         live = self.endpoints.live
