@@ -30,8 +30,7 @@ from pytest_fmbench.errors import ConfigError
 from pytest_fmbench.load.columnar import ColumnarRecordWriter
 from pytest_fmbench.load.engine import RecordContext, plan_load, run_in_loop, run_load
 from pytest_fmbench.load.records import RequestRecord
-from pytest_fmbench.load.stored import StoredRecords
-from pytest_fmbench.load.summary import CaseAggregate
+from pytest_fmbench.load.stored import CaseRecorder
 from pytest_fmbench.safety.net import SafetyNet
 from pytest_fmbench.safety.spend import SpendGuard, SpendLedger
 
@@ -362,20 +361,14 @@ class BenchmarkRun:
         context = RecordContext(self.run_id, case.experiment, case.payload_file,
                                 case.concurrency, case.id, self.worker)
         # Bounded memory (issue 18): the records stay on disk, the summary is streamed.
-        records = StoredRecords(self.records.path, case.id)
-        aggregate = CaseAggregate()
-
-        def emit(record: RequestRecord) -> None:
-            records.add(self.records.write(record), self.records.size)
-            aggregate.add(record)
-
+        recorder = CaseRecorder(self.records, case.id)
         try:
-            run_load(plan, endpoint.client, requests, context, emit, log=self.log)
+            run_load(plan, endpoint.client, requests, context, recorder, log=self.log)
         finally:
             self.records.checkpoint()
             if self.guard is not None:
-                self.guard.record_case(case.experiment, records)
-        return CaseResult(case, records, aggregate.summary())
+                self.guard.record_case(case.experiment, recorder.records)
+        return CaseResult(case, recorder.records, recorder.aggregate.summary())
 
     def close(self) -> None:
         live = self.endpoints.live

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pytest_fmbench.load.columnar import RECORD_SCHEMA, read_range_table
-from pytest_fmbench.load.records import RequestRecord
+from pytest_fmbench.load.records import RecordWriter, RequestRecord
+from pytest_fmbench.load.summary import CaseAggregate
 
 
 class StoredRecords(Sequence[RequestRecord]):
@@ -71,3 +72,17 @@ class StoredRecords(Sequence[RequestRecord]):
             # Another writer's lines in between (not the plugin's layout): keep this case's.
             table = table.filter(pc.equal(table["case_id"], self.case_id))
         return table
+
+
+class CaseRecorder:
+    """The load's ``emit`` for one case: each record appended and flushed to the records file
+    as it completes, remembered by offset (``records``) and summed up (``aggregate``)."""
+
+    def __init__(self, writer: RecordWriter, case_id: str) -> None:
+        self.writer = writer
+        self.records = StoredRecords(writer.path, case_id)
+        self.aggregate = CaseAggregate()
+
+    def __call__(self, record: RequestRecord) -> None:
+        self.records.add(self.writer.write(record), self.writer.size)
+        self.aggregate.add(record)
