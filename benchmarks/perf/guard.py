@@ -34,8 +34,9 @@ def check(name: str, value: float, target: float, unit: str, *, higher_is_better
 
     ``margin`` > 1 loosens the target (a minimum divided by it, a maximum multiplied by it).
     """
+    value = float(value)
     limit = target / margin if higher_is_better else target * margin
-    met = value >= limit if higher_is_better else value <= limit
+    met = bool(value >= limit if higher_is_better else value <= limit)
     store = _load()
     previous = store.get(name, {}).get("value")
     sign = ">=" if higher_is_better else "<="
