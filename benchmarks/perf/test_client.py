@@ -45,6 +45,7 @@ from pytest_fmbench.load.columnar import ColumnarRecordWriter
 from pytest_fmbench.load.engine import LoadStats, RecordContext, run_load
 from pytest_fmbench.load.patterns import LoadPlan
 from pytest_fmbench.load.records import RequestRecord
+from pytest_fmbench.load.stored import CaseRecorder
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -136,15 +137,10 @@ GC: list[GcPauses] = [GcPauses()]
 def drive(server: BenchServer, plan: LoadPlan, prompts: list[InferenceRequest]
           ) -> tuple[list[RequestRecord], LoadStats, dict[int, int]]:
     server.holds()  # forget earlier runs
-    records: list[RequestRecord] = []
-    # What the plugin does with each record (run.py): appended to records.jsonl as it
-    # completes, and kept for the case's summary.
+    # What the plugin does with each record (run.py): appended and flushed to records.jsonl
+    # as it completes (its Arrow copy in batches), kept by offset, the summary streamed.
     writer = ColumnarRecordWriter(Path(tempfile.mkdtemp(prefix="fmbench-perf-")) / "records.jsonl")
-
-    def emit(record: RequestRecord) -> None:
-        writer.write(record)
-        records.append(record)
-
+    emit = CaseRecorder(writer, "perf")
     started_cpu, started = cpu_s(), time.monotonic()
     GC[0] = pauses = GcPauses()
     gc.callbacks.append(pauses)
@@ -155,8 +151,9 @@ def drive(server: BenchServer, plan: LoadPlan, prompts: list[InferenceRequest]
     finally:
         gc.callbacks.remove(pauses)
         writer.close()
+        CPU_USED[0] = (cpu_s() - started_cpu) / (time.monotonic() - started)
+        records = list(emit.records)  # read back from the records file, as the plugin would
         shutil.rmtree(writer.path.parent, ignore_errors=True)
-    CPU_USED[0] = (cpu_s() - started_cpu) / (time.monotonic() - started)
     return records, stats, server.holds()
 
 
