@@ -159,3 +159,20 @@ def test_log_histogram_error_bound_and_merge() -> None:
     assert LogHistogram().quantile(0.5) is None
     with pytest.raises(ValueError, match="relative errors"):
         whole.merge(LogHistogram(alpha=0.02))
+
+
+def test_batches_are_converted_in_parts_and_written_whole(tmp_path: Path, monkeypatch) -> None:
+    from pytest_fmbench.load import columnar
+
+    monkeypatch.setattr(columnar, "CONVERT_RECORDS", 4)
+    records = many(23)
+    writer = ColumnarRecordWriter(tmp_path / "records.jsonl", batch_records=10)
+    writer.write_many(records[:11])  # two parts of 4 converted (8 < 10 rows), 3 pending
+    assert writer._converted_rows == 8 and len(writer._pending) == 3
+    writer.write_many(records[11:])  # the third part makes 12 rows: one batch; 8 + 3 left
+    assert side_batches(tmp_path) == 1
+    assert writer._converted_rows == 8 and len(writer._pending) == 3
+    assert table_to_records(read_records_table([tmp_path / "records.jsonl"])) == records
+    writer.close()
+    assert side_batches(tmp_path) == 2
+    assert table_to_records(read_records_table([tmp_path / "records.jsonl"])) == records
