@@ -176,3 +176,15 @@ def test_batches_are_converted_in_parts_and_written_whole(tmp_path: Path, monkey
     writer.close()
     assert side_batches(tmp_path) == 2
     assert table_to_records(read_records_table([tmp_path / "records.jsonl"])) == records
+
+
+def test_per_request_csv_written_in_slices_equals_the_whole(tmp_path: Path, monkeypatch) -> None:
+    from pytest_fmbench.load.columnar import records_to_table
+    from pytest_fmbench.report import exports
+
+    table = records_to_table(vector_records())
+    whole = exports.write_per_request(tmp_path / "whole.csv", table, {})
+    monkeypatch.setattr(exports, "PER_REQUEST_SLICE", 3)
+    sliced = exports.write_per_request(tmp_path / "sliced.csv", table, {})
+    assert table.num_rows > 3
+    assert sliced.read_bytes() == whole.read_bytes()
