@@ -45,9 +45,10 @@ def many(n: int, case: str = "c", seed: int = 0) -> list[RequestRecord]:
 def test_side_file_is_written_in_batches_during_the_case(tmp_path: Path) -> None:
     records = many(25)
     writer = ColumnarRecordWriter(tmp_path / "records.jsonl", batch_records=10)
-    writer.write_many(records)  # no checkpoint: two full batches written, 5 rows pending
+    writer.write_many(records)  # no checkpoint: two full batches asked for, 5 rows not yet
+    writer._jobs.join()  # (written by the batch thread)
     assert side_batches(tmp_path) == 2
-    assert len(writer._pending) == 5
+    assert writer._unbatched == 5
     # A crash now: the batches cover 20 records, the JSON lines the last 5.
     assert table_to_records(read_records_table([tmp_path / "records.jsonl"])) == records
     writer.close()
@@ -161,20 +162,18 @@ def test_log_histogram_error_bound_and_merge() -> None:
         whole.merge(LogHistogram(alpha=0.02))
 
 
-def test_batches_are_converted_in_parts_and_written_whole(tmp_path: Path, monkeypatch) -> None:
-    from pytest_fmbench.load import columnar
-
-    monkeypatch.setattr(columnar, "CONVERT_RECORDS", 4)
-    records = many(23)
-    writer = ColumnarRecordWriter(tmp_path / "records.jsonl", batch_records=10)
-    writer.write_many(records[:11])  # two parts of 4 converted (8 < 10 rows), 3 pending
-    assert writer._converted_rows == 8 and len(writer._pending) == 3
-    writer.write_many(records[11:])  # the third part makes 12 rows: one batch; 8 + 3 left
-    assert side_batches(tmp_path) == 1
-    assert writer._converted_rows == 8 and len(writer._pending) == 3
-    assert table_to_records(read_records_table([tmp_path / "records.jsonl"])) == records
+def test_the_side_copy_is_parsed_off_the_writing_thread(tmp_path: Path) -> None:
+    """Writing a record keeps nothing of it (a count); the batch thread parses the lines."""
+    records = many(30)
+    writer = ColumnarRecordWriter(tmp_path / "records.jsonl", batch_records=8)
+    writer.write_many(records)
+    assert writer._unbatched == 30 % 8
+    assert writer._thread is not None and writer._thread.name == "fmbench-columnar"
+    writer.checkpoint()  # waits for every batch asked for
+    assert side_batches(tmp_path) == 4
+    thread = writer._thread
     writer.close()
-    assert side_batches(tmp_path) == 2
+    assert not thread.is_alive()
     assert table_to_records(read_records_table([tmp_path / "records.jsonl"])) == records
 
 
