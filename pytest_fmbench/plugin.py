@@ -160,6 +160,8 @@ def _placeholder_values(pairs: list[str]) -> dict[str, str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fmbench: a pytest-fmbench benchmark case")
+    config.addinivalue_line("markers", "fmbench_accuracy: an experiment's accuracy pass "
+                            "(answers kept, scored and judged at session finish)")
     for backend in BUILTIN_BACKENDS:
         config.addinivalue_line("markers", f"{backend}: cases served by the {backend} backend")
     raw = setting(config, "fmbench_config", "FMBENCH_CONFIG")

@@ -222,6 +222,10 @@ class BenchmarkRun:
             )
         return self._payload_paths
 
+    def dataset_records(self) -> list[dict[str, Any]]:
+        """The dataset's records (payload ids are their ``_id``, else their index)."""
+        return self._dataset_records()
+
     def _dataset_records(self) -> list[dict[str, Any]]:
         datasets = self.config.datasets
         inputs = self.fmbench_inputs()
@@ -351,6 +355,10 @@ class BenchmarkRun:
 
     # -- cases -------------------------------------------------------------------------
     def run_case(self, case: Case, endpoint: Endpoint) -> CaseResult:
+        if case.accuracy:
+            from pytest_fmbench.accuracy.experiment_pass import run_accuracy_pass
+
+            return run_accuracy_pass(self, case, endpoint)
         experiment = self.config.experiment(case.experiment)
         settings = self.config.load_for(experiment)
         requests = self.requests_for(experiment, case.payload_file)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Hashable, Sequence
 from statistics import NormalDist
 
@@ -125,7 +125,7 @@ def krippendorff_alpha_nominal(ratings: Sequence[Sequence[Rating]]) -> tuple[flo
     Coincidence matrix: every unit with m ≥ 2 values adds 1/(m-1) per ordered pair of its
     values; α = 1 - (n-1)·Σ_{c≠k} o_ck / Σ_{c≠k} n_c·n_k.
     """
-    coincidence: Counter[tuple[Hashable, Hashable]] = Counter()
+    coincidence: defaultdict[tuple[Hashable, Hashable], float] = defaultdict(float)
     for column in zip(*ratings, strict=True):
         values = [v for v in column if v is not None]
         m = len(values)
@@ -135,7 +135,7 @@ def krippendorff_alpha_nominal(ratings: Sequence[Sequence[Rating]]) -> tuple[flo
             for j, y in enumerate(values):
                 if i != j:
                     coincidence[(x, y)] += 1 / (m - 1)
-    marginals: Counter[Hashable] = Counter()
+    marginals: defaultdict[Hashable, float] = defaultdict(float)
     for (x, _), weight in coincidence.items():
         marginals[x] += weight
     n = round(sum(marginals.values()))

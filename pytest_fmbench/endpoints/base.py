@@ -108,6 +108,14 @@ class EnforcesTimeout(Protocol):
 
 
 @runtime_checkable
+class KeepsText(Protocol):
+    """A client that may skip decoding the answer text during load (it costs per chunk);
+    accuracy sets ``keep_text = True`` where the text is what it needs."""
+
+    keep_text: bool
+
+
+@runtime_checkable
 class SupportsReaping(Protocol):
     """An endpoint that can say, before ``deploy``, what the reaper must delete if this
     process dies (``pytest_fmbench.safety``): a JSON-able plan, or None for nothing.

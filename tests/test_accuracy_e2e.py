@@ -1,0 +1,128 @@
+"""Accuracy end to end through pytest: a scripted candidate, a panel of deterministic judges
+on the OpenAI test server, the brief's 10-item oracle, the gate, the cache, the marker."""
+
+from __future__ import annotations
+
+import csv
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pytest_fmbench.testing.judges import ScriptedCandidate, ScriptedJudges
+from pytest_fmbench.testing.openai_server import FakeOpenAIServer, ServerBehaviour
+from tests.e2e_support import BENCHMARK_TEST, INNER_ARGS
+
+C, I = "correct", "incorrect"
+# The brief's oracle: judge verdicts per item (item 5 of J3 does not parse).
+ORACLE = {
+    "J1": [C, C, C, C, C, C, I, I, I, I],
+    "J2": [C, C, C, C, C, C, C, C, C, I],
+    "J3": [C, I, C, C, "garbage", C, C, I, I, I],
+}
+
+
+def answer(i: int) -> str:
+    return f"candidate answer {i}"
+
+
+def replies() -> tuple[ScriptedCandidate, ScriptedJudges]:
+    candidate = ScriptedCandidate({f"Question number {i} please": answer(i) for i in range(1, 11)})
+    judges = ScriptedJudges({name: {answer(i + 1): v for i, v in enumerate(verdicts)}
+                             for name, verdicts in ORACLE.items()})
+    return candidate, judges
+
+
+def write_inputs(path: Path, url: str, *, budget: float = 0.8) -> None:
+    rows = [{"_id": f"item-{i}", "input": f"Question number {i} please", "context": "ctx",
+             "answers": [f"reference {i}", f"alias {i}"], "language": "en"} for i in range(1, 11)]
+    (path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    judges = "\n".join(
+        f"    - {{model_id: {name}, endpoint: {{backend: openai, "
+        f"openai: {{base_url: \"{url}\", api: chat}}}}}}" for name in ORACLE)
+    (path / "cfg.yml").write_text(textwrap.dedent(f"""\
+        general: {{name: acc}}
+        datasets:
+          source_files: [data.jsonl]
+          filters:
+            - {{payload_file: payload_all.jsonl, min_length_in_tokens: 1, max_length_in_tokens: 100000}}
+        inference_parameters:
+          p: {{max_tokens: 16}}
+        load: {{min_iters_per_combination: 1, max_iters_per_combination: 1, request_timeout_s: 5}}
+        experiments:
+          - name: cand
+            backend: openai
+            deploy: no
+            openai: {{base_url: "{url}", model: cand}}
+            inference_spec: {{parameter_set: p}}
+            payload_files: [payload_all.jsonl]
+            concurrency_levels: [1]
+        report:
+          accuracy_budget: {budget}
+        accuracy:
+          quorum: 2
+          tie: incorrect
+          cache: {path / 'judge-cache.sqlite'}
+          judges:
+        """) + judges + "\n")
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest(*INNER_ARGS, "--fmbench-config=cfg.yml",
+                              "--fmbench-results-dir=out", *args)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_oracle_panel_through_pytest_gate_and_cache(pytester: pytest.Pytester) -> None:
+    candidate, judges = replies()
+
+    def reply(model: str, prompt: str) -> str:
+        return judges.reply(model, prompt) or candidate.reply(model, prompt)
+
+    with FakeOpenAIServer(ServerBehaviour(reply=reply)) as server:
+        pytester.makepyfile(test_bench=BENCHMARK_TEST)
+        write_inputs(pytester.path, server.url)
+        result = run(pytester)
+        # The load case and the accuracy pass passed; the accuracy gate fails the run
+        # (0.7 < 0.8).
+        result.assert_outcomes(passed=2)
+        assert result.ret == 1
+        result.stdout.fnmatch_lines([
+            "*accuracy: cand: majority accuracy 0.700 ?0.397, 0.892? n=10, undecided 0,"
+            " Krippendorff α 0.378*",
+            "*accuracy budget FAIL*: cand majority accuracy 0.700 vs accuracy_budget 0.800 (n=10)*",
+        ])
+        assert dict(judges.calls) == {"J1": 10, "J2": 10, "J3": 10}
+        out = pytester.path / "out" / "accuracy"
+        model = read_csv(out / "PoLL_per_model_accuracy.csv")
+        assert [(r["candidate_model"], r["correct_count"], r["incorrect_count"], r["n"])
+                for r in model] == [("cand", "7", "3", "10")]
+        per_judge = {r["judge_model_id"]: r for r in read_csv(out / "per_model_per_eval_judge_accuracy.csv")}
+        assert per_judge["J3"]["parse_failed"] == "1" and per_judge["J2"]["accuracy"] == "0.9"
+        costs = {r["judge_model_id"]: r for r in read_csv(out / "eval_cost_per_llm_evaluator.csv")}
+        assert costs["J1"]["total_cost"] == "unpriced"  # never $0
+        assert (out / "accuracy_trajectory_per_payload.png").stat().st_size > 0
+        assert (out / "overall_candidate_model_majority_voting_accuracy.png").stat().st_size > 0
+        report = (pytester.path / "out" / "report.md").read_text()
+        assert "### Model evaluations" in report and "#### Model Evaluation Cost" in report
+        scores = {r["scorer"]: r for r in read_csv(out / "scores.csv")}
+        assert scores["exact_match"]["value"] == "0.0" and scores["exact_match"]["n"] == "10"
+
+        # A rerun: every verdict from the cache, not one judge call, the same numbers.
+        again = run(pytester)
+        assert dict(judges.calls) == {"J1": 10, "J2": 10, "J3": 10}
+        again.stdout.fnmatch_lines(["*judges made 0 calls (30 from the cache)*",
+                                    "*cand: majority accuracy 0.700 ?0.397, 0.892? n=10*"])
+
+        # Performance only: no accuracy item, no answers, no judging.
+        perf = run(pytester, "-m", "not fmbench_accuracy")
+        perf.assert_outcomes(passed=1)
+        assert perf.ret == 0
+        # Accuracy only: the one accuracy item.
+        only = run(pytester, "-m", "fmbench_accuracy", "--fmbench-set=unused=1")
+        only.assert_outcomes(passed=1, deselected=1)
