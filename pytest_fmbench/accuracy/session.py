@@ -22,6 +22,8 @@ def evaluate_run(config: Config, results_dir: Path, run_id: str, rootpath: Path,
                  log: Callable[[str], None]) -> AccuracyOutcome | None:
     settings = resolve(config, cache_dir(rootpath))
     if not settings.enabled:
+        if settings.notice:
+            log(f"[fmbench] {settings.notice}")
         return None
     return evaluate(config, settings, results_dir, run_id=run_id, log=log)
 

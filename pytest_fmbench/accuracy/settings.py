@@ -60,6 +60,7 @@ class AccuracySettings:
     scorer_budgets: dict[str, float]
     parameters: dict[str, Any]
     source: str                  # "fmbench" (run_steps/model_evaluations), "accuracy", "off"
+    notice: str | None = None    # why accuracy is off although the config asks for it
 
 
 def _where(config: Config) -> str | None:
@@ -101,6 +102,13 @@ def resolve(config: Config, cache_dir: Path | None = None) -> AccuracySettings:
     step = (config.run_steps or {}).get(EVALUATION_STEP)
     evaluations = config.model_evaluations
     fmbench_on = bool(step) and step not in ("no", False) and evaluations is not None
+    notice = None
+    if fmbench_on and not ours and not config.datasets.ground_truth_col_key:
+        # Two FMBench configs turn evaluations on without any ground truth (FMBench then
+        # raises in its notebook): skipped here, with one line.
+        fmbench_on = False
+        notice = ("accuracy skipped: run_steps turns on 4_get_evaluations.ipynb but "
+                  "datasets.ground_truth_col_key is not set (no reference answers)")
     enabled = bool(ours.get("enabled", bool(ours) or fmbench_on))
     parameters = dict(FMBENCH_JUDGE_PARAMETERS)
     parallel = FMBENCH_PARALLEL
@@ -136,4 +144,4 @@ def resolve(config: Config, cache_dir: Path | None = None) -> AccuracySettings:
         cache_path=cache_path, cache_enabled=cache is not False,
         budget_usd=ours.get("budget_usd"), scorer_budgets=budgets,
         parameters=dict(ours.get("inference_parameters") or {}),
-        source="accuracy" if ours else ("fmbench" if fmbench_on else "off"))
+        source="accuracy" if ours else ("fmbench" if fmbench_on else "off"), notice=notice)
