@@ -64,6 +64,9 @@ NO_CONFIG = (
     "e.g. pytest benchmarks/ --fmbench-config=configs/quickstart.yml"
 )
 CASE_SUMMARY_KEY = pytest.StashKey[dict[str, Any]]()
+# --fmbench-rescore: (config, saved run dir) to score again instead of benchmarking; the lines.
+RESCORE_KEY = pytest.StashKey[tuple[Any, Path]]()
+RESCORE_LINES_KEY = pytest.StashKey[list[str]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -118,6 +121,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("fmbench_teardown_timeout", "seconds a failing teardown is retried")
     parser.addini("fmbench_gate", "budget gate mode: best or every")
     parser.addini("fmbench_results_dir", "directory for records and the report")
+    group.addoption("--fmbench-rescore", dest="fmbench_rescore", metavar="DIR", default=None,
+                    help="score and judge the answers saved in an earlier run's results dir "
+                    "again (no endpoint, no load; judge calls come from the cache when "
+                    "unchanged) and apply the accuracy budgets.")
 
 
 def _read_dir(config: pytest.Config) -> Path | None:
@@ -197,6 +204,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.issue_config_time_warning(pytest.PytestConfigWarning(f"{path}: {warning}"), stacklevel=2)
     for marker in all_markers(bench_config):
         config.addinivalue_line("markers", f"{marker}: pytest-fmbench experiment marker")
+    rescore = config.getoption("fmbench_rescore")
+    if rescore:  # nothing is deployed or measured: no role, no run
+        config.stash[RESCORE_KEY] = (bench_config, (config.invocation_params.dir / rescore).resolve())
+        return
 
     setup = RunSetup(bench_config, cases, report_settings, read_dir=read_dir,
                      teardown_deadline_s=_teardown_timeout(config),
@@ -305,6 +316,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "fmbench_case" not in metafunc.fixturenames:
         return
     cases = metafunc.config.stash.get(CASES_KEY, None)
+    if RESCORE_KEY in metafunc.config.stash:
+        metafunc.parametrize("fmbench_case", [pytest.param(None, id="rescore", marks=pytest.mark.skip(
+            reason="--fmbench-rescore: no benchmark case runs"))])
+        return
     if cases is None:
         metafunc.parametrize("fmbench_case", [
             pytest.param(None, id="no-config", marks=pytest.mark.skip(reason=NO_CONFIG))])
@@ -354,12 +369,27 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    rescore = session.config.stash.get(RESCORE_KEY, None)
+    if rescore is not None and not hasattr(session.config, "workerinput"):
+        from pytest_fmbench.accuracy.session import rescore_run
+
+        try:
+            lines, passed = rescore_run(*rescore, session.config.rootpath)
+        except ConfigError as exc:
+            lines, passed = [exc.render()], False
+        session.config.stash[RESCORE_LINES_KEY] = lines
+        session.exitstatus = pytest.ExitCode.OK if passed else pytest.ExitCode.TESTS_FAILED
     role = session.config.stash.get(ROLE_KEY, None)
     if role is not None:
         session.exitstatus = role.session_finish(session.exitstatus)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    rescored = config.stash.get(RESCORE_LINES_KEY, None)
+    if rescored is not None:
+        terminalreporter.write_sep("=", "pytest-fmbench rescore")
+        for line in rescored:
+            terminalreporter.write_line(line)
     role = config.stash.get(ROLE_KEY, None)
     outcome = role.outcome if role is not None else None
     if (outcome is None or not outcome.ran and not outcome.error and outcome.passed

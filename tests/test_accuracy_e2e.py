@@ -119,6 +119,17 @@ def test_oracle_panel_through_pytest_gate_and_cache(pytester: pytest.Pytester) -
         again.stdout.fnmatch_lines(["*judges made 0 calls (30 from the cache)*",
                                     "*cand: majority accuracy 0.700 ?0.397, 0.892? n=10*"])
 
+        # Re-score the saved run: no endpoint, no load, no judge call, the same verdict.
+        requests = server.stats.requests
+        rescored = run(pytester, "--fmbench-rescore=out")
+        assert rescored.ret == 1 and server.stats.requests == requests
+        rescored.stdout.fnmatch_lines(["*pytest-fmbench rescore*",
+                                       "*judges made 0 calls (30 from the cache)*",
+                                       "*accuracy budget FAIL*cand majority accuracy 0.700*"])
+        nothing = run(pytester, f"--fmbench-rescore={pytester.path}")
+        assert nothing.ret == 1
+        nothing.stdout.fnmatch_lines(["*no saved answers to re-score*"])
+
         # Performance only: no accuracy item, no answers, no judging.
         perf = run(pytester, "-m", "not fmbench_accuracy")
         perf.assert_outcomes(passed=1)

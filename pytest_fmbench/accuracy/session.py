@@ -38,3 +38,22 @@ def merge_into_report(outcome: Any, accuracy: AccuracyOutcome) -> None:
     if path is not None and Path(path).exists():
         with open(path, "a", encoding="utf-8") as handle:
             handle.write("\n" + "\n".join(accuracy.markdown) + "\n")
+
+
+def rescore_run(config: Config, saved_run: Path, rootpath: Path) -> tuple[list[str], bool]:
+    """Score and judge a saved run's answers again (outputs rewritten in its accuracy/ dir);
+    the summary lines and whether the accuracy budgets pass."""
+    from pytest_fmbench.accuracy.answers import ANSWERS_DIR
+    from pytest_fmbench.errors import ConfigError
+
+    if not any((saved_run / ANSWERS_DIR).glob("answers*.jsonl")):
+        raise ConfigError("no saved answers to re-score", file=str(saved_run),
+                          key="--fmbench-rescore",
+                          fix="give the results dir of a run that had an accuracy pass "
+                              "(it holds accuracy/answers*.jsonl)")
+    settings = resolve(config, cache_dir(rootpath))
+    lines: list[str] = []
+    outcome = evaluate(config, settings, saved_run, log=lines.append)
+    if outcome is None:
+        return lines, True
+    return [*lines, *outcome.lines], outcome.passed
