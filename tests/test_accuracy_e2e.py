@@ -93,8 +93,8 @@ def test_oracle_panel_through_pytest_gate_and_cache(pytester: pytest.Pytester) -
         result.assert_outcomes(passed=2)
         assert result.ret == 1
         result.stdout.fnmatch_lines([
-            "*accuracy: cand: majority accuracy 0.700 ?0.397, 0.892? n=10, undecided 0,"
-            " Krippendorff α 0.378*",
+            ("*accuracy: cand: majority accuracy 0.700 ?0.397, 0.892? n=10, undecided 0,"
+            " Krippendorff α 0.378*"),
             "*accuracy budget FAIL*: cand majority accuracy 0.700 vs accuracy_budget 0.800 (n=10)*",
         ])
         assert dict(judges.calls) == {"J1": 10, "J2": 10, "J3": 10}

@@ -7,7 +7,11 @@ import csv
 
 from pytest_fmbench.accuracy.settings import FMBENCH_PANEL
 from pytest_fmbench.testing.judges import ScriptedJudges
-from tests.test_fmbench_e2e import Aws, aws, fmbench_file, run, servers, with_read_dir  # noqa: F401
+from tests import test_fmbench_e2e as e2e
+from tests.test_fmbench_e2e import Aws, fmbench_file, run, with_read_dir
+
+# The AWS fixtures (moto, the runtime emulator) of the FMBench end-to-end tests.
+aws, servers = e2e.aws, e2e.servers
 
 BEDROCK_EVAL_FILE = "bedrock/config-bedrock-evals-only-conc-1.yml"
 CANDIDATE = "meta.llama3-1-8b-instruct-v1:0"

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from pytest_fmbench.accuracy.cache import CachedReply, JudgeCache, cache_key
-from pytest_fmbench.accuracy.judging import DEFAULT_TEMPLATE, JudgePrice, parse_verdict, render_prompt
+from pytest_fmbench.accuracy.judging import (
+    DEFAULT_TEMPLATE,
+    Judge,
+    JudgeItem,
+    JudgePrice,
+    parse_verdict,
+    render_prompt,
+    run_judges,
+)
+from pytest_fmbench.endpoints.base import InferenceRequest, InferenceResult
 from pytest_fmbench.testing.judges import ScriptedJudges
 
 
@@ -45,3 +58,68 @@ def test_cache_round_trip_and_key_by_content(tmp_path: Path) -> None:
 
 def test_token_price() -> None:
     assert JudgePrice(0.003, 0.015).cost(1000, 100) == 0.003 + 0.0015
+
+
+# -- run_judges: pricing, the spend limit, errors, the cache ---------------------------------
+
+
+@dataclasses.dataclass
+class FakeJudgeEndpoint:
+    """Answers ``correct`` with fixed usage; item answers starting "err" fail."""
+
+    name: str = "fake"
+    calls: int = 0
+
+    @property
+    def deployed_by_us(self) -> bool:
+        return False
+
+    def deploy(self) -> None: ...
+
+    def teardown(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def client(self) -> Any:
+        endpoint = self
+
+        class Client:
+            async def invoke(self, request: InferenceRequest) -> InferenceResult:
+                endpoint.calls += 1
+                if "<candidate_answer>\nerr" in request.prompt:
+                    return InferenceResult(0, 1, error="http_5xx")
+                return InferenceResult(0, 1, text='{"verdict": "correct"}', prompt_tokens=1000,
+                                       completion_tokens=100)
+
+            async def aclose(self) -> None: ...
+
+        return Client()
+
+
+def items(n: int, prefix: str = "answer") -> list[JudgeItem]:
+    return [JudgeItem(f"k{i}", "q", ("r",), f"{prefix} {i}") for i in range(n)]
+
+
+def test_cost_spend_limit_errors_and_cache(tmp_path: Path) -> None:
+    endpoint = FakeJudgeEndpoint()
+    priced = Judge("priced", endpoint, {"model": "p"}, {"max_tokens": 100},
+                   price=JudgePrice(0.003, 0.015), concurrency=1)
+    per_call = 1000 / 1000 * 0.003 + 100 / 1000 * 0.015  # 0.0045 USD
+    cache = JudgeCache(tmp_path / "c.sqlite")
+    # The limit admits 3 calls; the estimate (prompt chars / 4, max_tokens) is below the
+    # real cost here, so the guard stops on what was really spent.
+    calls = run_judges([priced], items(6), cache=cache, spend_limit_usd=3 * per_call + 1e-9)
+    statuses = [c.status for c in calls["priced"]]
+    assert statuses == ["ok"] * 3 + ["skipped"] * 3 and endpoint.calls == 3
+    assert sum(c.cost or 0 for c in calls["priced"]) == pytest.approx(3 * per_call, abs=1e-12)
+    # Rerun: the three answered come from the cache at $0; the rest are asked now.
+    again = run_judges([priced], items(6), cache=cache)
+    assert [c.cached for c in again["priced"]] == [True] * 3 + [False] * 3
+    assert endpoint.calls == 6 and sum(c.cost or 0 for c in again["priced"][:3]) == 0
+    # Errors are abstentions and are not cached; an unpriced judge costs None, never 0.
+    unpriced = Judge("unpriced", FakeJudgeEndpoint(), {"model": "u"}, {}, price=None)
+    failed = run_judges([unpriced], items(2, "err"), cache=cache)["unpriced"]
+    assert [c.status for c in failed] == ["error", "error"] and all(c.cost is None for c in failed)
+    assert run_judges([unpriced], items(2, "err"), cache=cache)["unpriced"][0].cached is False
+    cache.close()

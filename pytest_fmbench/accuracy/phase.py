@@ -23,7 +23,7 @@ from typing import Any
 from pytest_fmbench.accuracy import stats
 from pytest_fmbench.accuracy.answers import ANSWERS_DIR, read_answers
 from pytest_fmbench.accuracy.cache import JudgeCache
-from pytest_fmbench.accuracy.judging import Judge, JudgeCall, JudgeItem, JudgePrice, run_judges
+from pytest_fmbench.accuracy.judging import Judge, JudgeItem, JudgePrice, run_judges
 from pytest_fmbench.accuracy.panel import PanelSummary, summarize
 from pytest_fmbench.accuracy.scorers import DEFAULT_SCORERS, score_answer
 from pytest_fmbench.accuracy.settings import AccuracySettings, JudgeSpec
@@ -162,8 +162,8 @@ def evaluate(config: Config, settings: AccuracySettings, results_dir: Path, *, r
     # -- budgets ---------------------------------------------------------------------------
     _gate(config, settings, score_rows, outcome, failures)
     outcome.passed = not failures
-    lines[:0] = [f"[fmbench] accuracy: {len(answers)} answers from "
-                 f"{len({r['experiment'] for r in answers})} experiment(s) scored"]
+    lines[:0] = [(f"[fmbench] accuracy: {len(answers)} answers from "
+                 f"{len({r['experiment'] for r in answers})} experiment(s) scored")]
     lines += failures
     markdown += ["", *[f"- {f.removeprefix('[fmbench] ')}" for f in failures]]
     (out / "accuracy.md").write_text("\n".join(markdown) + "\n", encoding="utf-8")
@@ -194,8 +194,7 @@ def _judge(config: Config, settings: AccuracySettings, answers: list[dict[str, A
     names = [j.name for j in judges]
     with open(out / "judge_calls.jsonl", "w", encoding="utf-8") as handle:
         for name in names:
-            for call in calls[name]:
-                handle.write(json.dumps(dataclasses.asdict(call), ensure_ascii=False) + "\n")
+            handle.writelines(json.dumps(dataclasses.asdict(call), ensure_ascii=False) + "\n" for call in calls[name])
     made = [c for n in names for c in calls[n] if not c.cached and c.status != "skipped"]
     outcome.judge_calls = len(made)
     outcome.cache_hits = sum(c.cached for n in names for c in calls[n])
@@ -228,10 +227,10 @@ def _judge(config: Config, settings: AccuracySettings, answers: list[dict[str, A
     judge_rows: list[dict[str, Any]] = []
     md = outcome.markdown
     md += ["#### Judge panel", "",
-           f"Judges: {', '.join(names)}; quorum {settings.voting.quorum}, ties → "
-           f"{settings.voting.tie}.", "",
-           "| experiment | payload file | majority accuracy (strict) [95 % CI] | decided accuracy "
-           "| undecided | ties | Fleiss κ (n) | Krippendorff α |",
+           (f"Judges: {', '.join(names)}; quorum {settings.voting.quorum}, ties → "
+           f"{settings.voting.tie}."), "",
+           ("| experiment | payload file | majority accuracy (strict) [95 % CI] | decided accuracy "
+           "| undecided | ties | Fleiss κ (n) | Krippendorff α |"),
            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (experiment, payload_file), item_keys in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
         votes = [[by_key[n][k].verdict for k in item_keys] for n in names]
@@ -265,8 +264,8 @@ def _judge(config: Config, settings: AccuracySettings, answers: list[dict[str, A
     if outcome.unpriced_judges and outcome.judge_cost is not None:
         cost_text += f" + unpriced judges: {', '.join(outcome.unpriced_judges)}"
     md += ["", "#### Model Evaluation Cost", "",
-           f"{outcome.judge_calls} judge calls made, {outcome.cache_hits} answered from the "
-           f"cache; judge cost {cost_text}.", ""]
+           (f"{outcome.judge_calls} judge calls made, {outcome.cache_hits} answered from the "
+           f"cache; judge cost {cost_text}."), ""]
     md += ["| judge | calls | cache hits | cost | parse failures | errors |",
            "| --- | --- | --- | --- | --- | --- |"]
     md += [f"| {r['judge_model_id']} | {r['calls']} | {r['cache_hits']} | {r['total_cost']} | "

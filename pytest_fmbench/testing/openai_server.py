@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import threading
 import time
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
