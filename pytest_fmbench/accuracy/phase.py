@@ -283,6 +283,8 @@ def _judge(config: Config, settings: AccuracySettings, answers: list[dict[str, A
         plot_accuracy(out, outcome.panel, payload_rows, budget)
     except ImportError:
         outcome.lines.append("[fmbench] accuracy: plots skipped (matplotlib not installed)")
+    except Exception as exc:  # noqa: BLE001 - a plot never costs the numbers
+        outcome.lines.append(f"[fmbench] accuracy: plots failed: {type(exc).__name__}: {exc}")
 
 
 def _accuracy_budget(config: Config) -> float | None:

@@ -32,8 +32,8 @@ def plot_accuracy(out: Path, panel: Mapping[str, PanelSummary],
         rows = {r["payload_file"]: r for r in payload_rows if r["candidate_model"] == experiment}
         xs = [i for i, f in enumerate(files) if f in rows and rows[f]["strict_accuracy"] is not None]
         ys = [100 * rows[files[i]]["strict_accuracy"] for i in xs]
-        low = [y - 100 * rows[files[i]]["ci_low"] for i, y in zip(xs, ys)]
-        high = [100 * rows[files[i]]["ci_high"] - y for i, y in zip(xs, ys)]
+        low = [max(0.0, y - 100 * rows[files[i]]["ci_low"]) for i, y in zip(xs, ys)]
+        high = [max(0.0, 100 * rows[files[i]]["ci_high"] - y) for i, y in zip(xs, ys)]
         axes.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=4, label=experiment)
         for i, y in zip(xs, ys):
             axes.annotate(f"n={rows[files[i]]['n']}", (i, y), textcoords="offset points",
@@ -51,8 +51,8 @@ def plot_accuracy(out: Path, panel: Mapping[str, PanelSummary],
     figure, axes = plt.subplots(figsize=(8, 4.5))
     names = sorted(panel)
     values = [100 * (panel[n].strict.value or 0.0) for n in names]
-    errors = [[v - 100 * (panel[n].strict.low or 0.0) for v, n in zip(values, names)],
-              [100 * (panel[n].strict.high or 0.0) - v for v, n in zip(values, names)]]
+    errors = [[max(0.0, v - 100 * (panel[n].strict.low or 0.0)) for v, n in zip(values, names)],
+              [max(0.0, 100 * (panel[n].strict.high or 0.0) - v) for v, n in zip(values, names)]]
     axes.bar(range(len(names)), values, yerr=errors, capsize=6, color="#4c72b0")
     for i, n in enumerate(names):
         axes.annotate(f"{values[i]:.1f} % (n={panel[n].items})", (i, values[i]),

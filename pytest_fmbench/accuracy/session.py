@@ -25,7 +25,11 @@ def evaluate_run(config: Config, results_dir: Path, run_id: str, rootpath: Path,
         if settings.notice:
             log(f"[fmbench] {settings.notice}")
         return None
-    return evaluate(config, settings, results_dir, run_id=run_id, log=log)
+    try:
+        return evaluate(config, settings, results_dir, run_id=run_id, log=log)
+    except Exception as exc:  # noqa: BLE001 - accuracy must never cost the performance report
+        line = f"[fmbench] ERROR accuracy failed: {type(exc).__name__}: {exc}"
+        return AccuracyOutcome([line], ["### Model evaluations", "", line], passed=False)
 
 
 def merge_into_report(outcome: Any, accuracy: AccuracyOutcome) -> None:

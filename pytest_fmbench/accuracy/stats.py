@@ -44,7 +44,10 @@ def wilson(successes: int, n: int, level: float = 0.95) -> Interval:
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n)
+    # At 0 and n the bounds are exactly 0 and 1 (floating point leaves ~1e-17 otherwise).
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return Interval(p, low, high, n)
 
 
 def bootstrap_mean(values: Sequence[float], level: float = 0.95, resamples: int = 2000,
