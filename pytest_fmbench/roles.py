@@ -297,7 +297,7 @@ class ControllerRole(Role):
         if accuracy is not None:
             from pytest_fmbench.accuracy.session import merge_into_report
 
-            merge_into_report(outcome, accuracy)
+            merge_into_report(outcome, accuracy, run.results_dir)
         self.outcome = outcome
         if self.setup.upload:
             _upload(run, outcome)

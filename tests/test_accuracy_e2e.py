@@ -54,6 +54,7 @@ def write_inputs(path: Path, url: str, *, budget: float = 0.8) -> None:
           - name: cand
             backend: openai
             deploy: no
+            price_per_hour: 3.6
             openai: {{base_url: "{url}", model: cand}}
             inference_spec: {{parameter_set: p}}
             payload_files: [payload_all.jsonl]
@@ -110,6 +111,11 @@ def test_oracle_panel_through_pytest_gate_and_cache(pytester: pytest.Pytester) -
         assert (out / "overall_candidate_model_majority_voting_accuracy.png").stat().st_size > 0
         report = (pytester.path / "out" / "report.md").read_text()
         assert "### Model evaluations" in report and "#### Model Evaluation Cost" in report
+        # cost per 10k correct answers = cost_per_10k_txn / 0.7 (the panel's accuracy)
+        (cost_row,) = read_csv(out / "cost_per_10k_correct_answers.csv")
+        assert float(cost_row["cost_per_10k_correct_answers"]) == pytest.approx(
+            float(cost_row["cost_per_10k_txn"]) / 0.7)
+        assert "#### Cost per 10k correct answers" in report
         scores = {r["scorer"]: r for r in read_csv(out / "scores.csv")}
         assert scores["exact_match"]["value"] == "0.0" and scores["exact_match"]["n"] == "10"
 

@@ -46,3 +46,17 @@ def test_strict_and_decided_accuracy_differ_by_the_undecided() -> None:
     assert (summary.correct, summary.incorrect, summary.undecided) == (2, 1, 1)
     assert summary.strict.value == 0.5 and summary.strict.n == 4
     assert summary.decided.value == pytest.approx(2 / 3) and summary.decided.n == 3
+
+
+def test_cost_per_10k_correct_answers() -> None:
+    from pytest_fmbench.accuracy.session import cost_per_correct
+
+    metrics = [{"experiment_name": "a", "payload_file": "p.jsonl", "concurrency": "2",
+                "cost_per_10k_txn": "5.0"},
+               {"experiment_name": "a", "payload_file": "q.jsonl", "concurrency": "1",
+                "cost_per_10k_txn": "5.0"},
+               {"experiment_name": "b", "payload_file": "p.jsonl", "concurrency": "1",
+                "cost_per_10k_txn": ""}]
+    rows = cost_per_correct(metrics, {("a", "p.jsonl"): 0.5, ("a", "q.jsonl"): 0.0,
+                                      ("b", "p.jsonl"): 1.0})
+    assert [r["cost_per_10k_correct_answers"] for r in rows] == [10.0, None, None]

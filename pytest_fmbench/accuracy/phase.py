@@ -43,6 +43,10 @@ class AccuracyOutcome:
     unpriced_judges: list[str] = dataclasses.field(default_factory=list)
     panel: dict[str, PanelSummary] = dataclasses.field(default_factory=dict)
     scores: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # Share of correct answers per (experiment, payload file), and what decided it
+    # ("judge panel" or "exact_match"): the basis of "cost per 10k correct answers".
+    correct_share: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+    correct_by: str = "exact_match"
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -152,6 +156,8 @@ def evaluate(config: Config, settings: AccuracySettings, results_dir: Path, *, r
     markdown.append("")
 
     outcome = AccuracyOutcome(lines, markdown, True, scores=score_rows)
+    outcome.correct_share = {(r["experiment"], r["payload_file"]): r["value"] for r in score_rows
+                             if r["scorer"] == "exact_match" and r["value"] is not None}
 
     # -- the judge panel -----------------------------------------------------------------
     if judges is None and settings.judges:
@@ -253,6 +259,9 @@ def _judge(config: Config, settings: AccuracySettings, answers: list[dict[str, A
                                    "parse_failure_rate": vote.parse_failure_rate})
         else:
             payload_rows.append({"payload_file": payload_file, **row})
+            if summary.strict.value is not None:
+                outcome.correct_share[(experiment, payload_file)] = summary.strict.value
+                outcome.correct_by = "judge panel"
         md.append(f"| {experiment} | {payload_file or '(all)'} | {_interval(summary.strict)} | "
                   f"{_interval(summary.decided)} | {summary.undecided} | {summary.ties} | "
                   f"{_fmt(summary.fleiss[0])} ({summary.fleiss[1]}) | "
