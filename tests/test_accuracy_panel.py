@@ -60,3 +60,13 @@ def test_cost_per_10k_correct_answers() -> None:
     rows = cost_per_correct(metrics, {("a", "p.jsonl"): 0.5, ("a", "q.jsonl"): 0.0,
                                       ("b", "p.jsonl"): 1.0})
     assert [r["cost_per_10k_correct_answers"] for r in rows] == [10.0, None, None]
+
+
+def test_paired_model_comparison_uses_mcnemar_on_common_items() -> None:
+    from pytest_fmbench.accuracy.panel import compare_models
+
+    a = {f"i{k}": True for k in range(8)}
+    b = {f"i{k}": k >= 4 for k in range(8)} | {"only-b": True}
+    (row,) = compare_models({"a": a, "b": b})
+    assert (row["n"], row["only_a_correct"], row["only_b_correct"]) == (8, 4, 0)
+    assert row["difference"] == 0.5 and row["mcnemar_p"] == pytest.approx(0.125)

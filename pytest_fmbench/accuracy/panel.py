@@ -122,3 +122,22 @@ def summarize(judges: Sequence[str], votes: Sequence[Sequence[str | None]],
         incorrect=incorrect, undecided=undecided, ties=sum(d.tie for d in decisions),
         judges=per_judge, cohen=cohen, fleiss=stats.fleiss_kappa(votes),
         krippendorff=stats.krippendorff_alpha_nominal(votes))
+
+
+def compare_models(correct: dict[str, dict[str, bool]]) -> list[dict[str, object]]:
+    """Every pair of models on the items both answered: accuracy difference and the exact
+    McNemar p-value of the discordant pairs (a paired test: same items, same judges)."""
+    rows: list[dict[str, object]] = []
+    for a, b in itertools.combinations(sorted(correct), 2):
+        common = sorted(set(correct[a]) & set(correct[b]))
+        if not common:
+            continue
+        first = [correct[a][k] for k in common]
+        second = [correct[b][k] for k in common]
+        only_a, only_b = stats.paired_counts(first, second)
+        rows.append({"model_a": a, "model_b": b, "n": len(common),
+                     "accuracy_a": sum(first) / len(common), "accuracy_b": sum(second) / len(common),
+                     "difference": (sum(first) - sum(second)) / len(common),
+                     "only_a_correct": only_a, "only_b_correct": only_b,
+                     "mcnemar_p": stats.mcnemar_exact(only_a, only_b)})
+    return rows

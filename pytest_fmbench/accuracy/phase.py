@@ -24,7 +24,7 @@ from pytest_fmbench.accuracy import stats
 from pytest_fmbench.accuracy.answers import ANSWERS_DIR, read_answers
 from pytest_fmbench.accuracy.cache import JudgeCache
 from pytest_fmbench.accuracy.judging import Judge, JudgeItem, JudgePrice, run_judges
-from pytest_fmbench.accuracy.panel import PanelSummary, summarize
+from pytest_fmbench.accuracy.panel import PanelSummary, compare_models, summarize
 from pytest_fmbench.accuracy.scorers import DEFAULT_SCORERS, score_answer
 from pytest_fmbench.accuracy.settings import AccuracySettings, JudgeSpec
 from pytest_fmbench.config.model import Config
@@ -229,6 +229,7 @@ def _judge(config: Config, settings: AccuracySettings, answers: list[dict[str, A
         groups[(candidate, payload)].append(item.key)
         groups[(candidate, None)].append(item.key)
     model_rows: list[dict[str, Any]] = []
+    per_model: dict[str, dict[str, bool]] = {}
     payload_rows: list[dict[str, Any]] = []
     judge_rows: list[dict[str, Any]] = []
     md = outcome.markdown
@@ -250,6 +251,9 @@ def _judge(config: Config, settings: AccuracySettings, answers: list[dict[str, A
                "undecided": summary.undecided, "ties": summary.ties}
         if payload_file is None:
             outcome.panel[experiment] = summary
+            # Items identified across candidates by payload file and prompt id.
+            per_model[experiment] = {k.split("|", 1)[1]: d.verdict == "correct"
+                                     for k, d in zip(item_keys, summary.decisions)}
             model_rows.append(row)
             for vote in summary.judges:
                 judge_rows.append({"judge_model_id": vote.judge, "candidate_model": experiment,
@@ -266,6 +270,15 @@ def _judge(config: Config, settings: AccuracySettings, answers: list[dict[str, A
                   f"{_interval(summary.decided)} | {summary.undecided} | {summary.ties} | "
                   f"{_fmt(summary.fleiss[0])} ({summary.fleiss[1]}) | "
                   f"{_fmt(summary.krippendorff[0])} |")
+    comparison = compare_models(per_model)
+    if comparison:
+        _write_csv(out / "model_comparison.csv", comparison)
+        md += ["", "Paired comparison on the same items (exact McNemar test):", "",
+               "| model A | model B | n | accuracy A | accuracy B | Δ | only A right | only B right | p |",
+               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        md += [f"| {r['model_a']} | {r['model_b']} | {r['n']} | {r['accuracy_a']:.3f} | "
+               f"{r['accuracy_b']:.3f} | {r['difference']:+.3f} | {r['only_a_correct']} | "
+               f"{r['only_b_correct']} | {r['mcnemar_p']:.4g} |" for r in comparison]
     _write_csv(out / "PoLL_per_model_accuracy.csv", model_rows)
     _write_csv(out / "majority_vote_accuracy_per_payload_file.csv", payload_rows)
     _write_csv(out / "per_model_per_eval_judge_accuracy.csv", judge_rows)
