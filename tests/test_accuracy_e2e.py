@@ -143,3 +143,47 @@ def test_oracle_panel_through_pytest_gate_and_cache(pytester: pytest.Pytester) -
         # Accuracy only: the one accuracy item.
         only = run(pytester, "-m", "fmbench_accuracy", "--fmbench-set=unused=1")
         only.assert_outcomes(passed=1, deselected=1)
+
+
+def test_under_xdist_answers_merge_and_the_controller_judges_once(pytester: pytest.Pytester) -> None:
+    """-n 2: each worker runs its experiment's accuracy pass; the controller judges every
+    answer once and compares the two models on the same items (McNemar)."""
+    answers = {"a": {f"Question number {i} please": f"A {i}" for i in range(1, 11)},
+               "b": {f"Question number {i} please": f"B {i}" for i in range(1, 11)}}
+    verdicts = {**{f"A {i}": C for i in range(1, 11)},
+                **{f"B {i}": (C if i <= 6 else I) for i in range(1, 11)}}
+    judges = ScriptedJudges({"J1": verdicts, "J2": verdicts})
+
+    def reply(model: str, prompt: str) -> str:
+        return judges.reply(model, prompt) or ScriptedCandidate(answers[model]).reply(model, prompt)
+
+    with FakeOpenAIServer(ServerBehaviour(reply=reply)) as server:
+        pytester.makepyfile(test_bench=BENCHMARK_TEST)
+        write_inputs(pytester.path, server.url)
+        text = (pytester.path / "cfg.yml").read_text()
+        head, judges_part = text.split("accuracy:\n", 1)
+        experiments = "".join(textwrap.indent(textwrap.dedent(f"""\
+            - name: {name}
+              backend: openai
+              deploy: no
+              openai: {{base_url: "{server.url}", model: {name}}}
+              inference_spec: {{parameter_set: p}}
+              payload_files: [payload_all.jsonl]
+              concurrency_levels: [1]
+            """), "  ") for name in ("a", "b"))
+        head = head.split("experiments:\n", 1)[0] + "experiments:\n" + experiments
+        judges_part = judges_part.replace("    - {model_id: J3", "    # - {model_id: J3")
+        (pytester.path / "cfg.yml").write_text(
+            head + "accuracy:\n" + judges_part.replace("accuracy_budget: 0.8", ""))
+        result = pytester.runpytest_subprocess(
+            "-p", "no:randomly", "-p", "no:cacheprovider", "-n", "2", "--fmbench-config=cfg.yml",
+            "--fmbench-results-dir=out")
+        result.assert_outcomes(passed=4)
+        assert dict(judges.calls) == {"J1": 20, "J2": 20}
+        out = pytester.path / "out" / "accuracy"
+        assert sorted(p.name for p in out.glob("answers*.jsonl")) == ["answers-gw0.jsonl",
+                                                                      "answers-gw1.jsonl"]
+        (row,) = read_csv(out / "model_comparison.csv")
+        assert (row["model_a"], row["model_b"], row["n"]) == ("a", "b", "10")
+        assert (row["only_a_correct"], row["only_b_correct"]) == ("4", "0")
+        assert float(row["mcnemar_p"]) == pytest.approx(0.125)
