@@ -123,3 +123,22 @@ def test_cost_spend_limit_errors_and_cache(tmp_path: Path) -> None:
     assert [c.status for c in failed] == ["error", "error"] and all(c.cost is None for c in failed)
     assert run_judges([unpriced], items(2, "err"), cache=cache)["unpriced"][0].cached is False
     cache.close()
+
+
+def test_judges_served_differently_never_share_cached_verdicts(tmp_path: Path) -> None:
+    from pytest_fmbench.accuracy.phase import build_judges
+    from pytest_fmbench.accuracy.settings import resolve
+    from pytest_fmbench.config.model import Config
+
+    config = Config.model_validate({
+        "experiments": [{"name": "x", "backend": "openai", "deploy": False,
+                         "openai": {"base_url": "http://127.0.0.1:9"},
+                         "payload_files": ["p.jsonl"], "concurrency_levels": [1]}],
+        "accuracy": {"judges": [
+            {"name": "a", "model_id": "tiny", "endpoint": {"backend": "local", "local": {"model": "tiny"}}},
+            {"name": "b", "model_id": "tiny",
+             "endpoint": {"backend": "local", "local": {"model": "tiny", "seed": 1}}}]}})
+    first, second = build_judges(config, resolve(config).judges, tmp_path, "run", print)
+    prompt_params = ("prompt", {"max_tokens": 1})
+    assert cache_key(first.identity, *prompt_params) != cache_key(second.identity, *prompt_params)
+    assert first.deploys and second.deploys  # local judges start for judging, stop after

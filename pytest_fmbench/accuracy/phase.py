@@ -89,8 +89,12 @@ def build_judges(config: Config, specs: tuple[JudgeSpec, ...], results_dir: Path
             base = config.source_path.parent if config.source_path else Path.cwd()
             template = (base / spec.template_file).read_text(encoding="utf-8")
         judge = Judge(spec.name, endpoint,
+                      # Everything that decides the answer: two judges on one model id
+                      # served differently (seed, base_url, region) never share verdicts.
                       identity={"backend": backend, "model": experiment.model_id,
-                                "where": where.get(backend)},
+                                "where": where.get(backend),
+                                "endpoint": {k: v for k, v in spec.experiment.items()
+                                             if k != "name"}},
                       parameters=spec.parameters, price=judge_price(config, experiment.model_id or ""),
                       concurrency=spec.concurrency, deploys=experiment.deploy and backend == "local")
         if template is not None:
