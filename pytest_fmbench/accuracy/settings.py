@@ -92,6 +92,35 @@ def _judges_from_panel(config: Config, panel: list[Any], parameters: dict[str, A
     return tuple(judges)
 
 
+def _evaluations_file(config: Config, name: str) -> str | dict[str, Any]:
+    """FMBench's ``model_evaluations`` file when the user has one beside the config (with
+    FMBench's ``{ground_truth}``, ``{question}``, ``{method_name}`` placeholders filled);
+    otherwise the name stays and FMBench's packaged defaults apply."""
+    import re
+
+    import yaml
+
+    base = config.source_path.parent if config.source_path else None
+    path = base / name if base is not None else None
+    if path is None or not path.is_file():
+        return name
+    values = {"ground_truth": config.datasets.ground_truth_col_key or "answers",
+              "question": config.datasets.question_col_key or "input",
+              "method_name": "majority_vote"}
+    text = re.sub(r"\{(ground_truth|question|method_name)\}", lambda m: values[m.group(1)],
+                  path.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not YAML: {exc}".splitlines()[0], file=str(path),
+                          key="model_evaluations", fix="fix the file's YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError("a model_evaluations file must be a mapping", file=str(path),
+                          key="model_evaluations",
+                          fix="use FMBench's shape: model_evaluations: {subjective_eval_info: ...}")
+    return data
+
+
 def resolve(config: Config, cache_dir: Path | None = None) -> AccuracySettings:
     """The run's accuracy settings; ``enabled`` False when nothing asks for accuracy."""
     ours = dict(config.accuracy or {})
@@ -114,6 +143,8 @@ def resolve(config: Config, cache_dir: Path | None = None) -> AccuracySettings:
     parallel = FMBENCH_PARALLEL
     judges: tuple[JudgeSpec, ...] = ()
     voting = Voting(quorum=int(ours.get("quorum", 2)), tie=ours.get("tie", "incorrect"))
+    if isinstance(evaluations, str) and fmbench_on:
+        evaluations = _evaluations_file(config, evaluations)
     if isinstance(evaluations, dict):
         body = evaluations.get("model_evaluations", evaluations)
         subjective = body.get("subjective_eval_info") or {}
