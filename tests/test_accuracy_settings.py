@@ -71,3 +71,10 @@ def test_our_section_and_its_errors(tmp_path: Path) -> None:
         resolve(config(tmp_path, extra="accuracy: {quorom: 3}\n"))
     with pytest.raises(ConfigError, match="tie policy"):
         resolve(config(tmp_path, extra="accuracy: {tie: coin}\n"))
+
+
+def test_a_paid_judge_endpoint_is_never_deployed_by_the_judging_phase(tmp_path: Path) -> None:
+    extra = ("accuracy:\n  judges:\n    - {model_id: j, endpoint: {backend: sagemaker, "
+             "deploy: yes, instance_type: ml.g5.xlarge}}\n")
+    with pytest.raises(ConfigError, match="must be an existing endpoint"):
+        resolve(config(tmp_path, extra=extra))

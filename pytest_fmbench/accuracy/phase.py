@@ -25,7 +25,7 @@ from pytest_fmbench.accuracy.answers import ANSWERS_DIR, read_answers
 from pytest_fmbench.accuracy.cache import JudgeCache
 from pytest_fmbench.accuracy.judging import Judge, JudgeItem, JudgePrice, run_judges
 from pytest_fmbench.accuracy.panel import PanelSummary, compare_models, summarize
-from pytest_fmbench.accuracy.scorers import DEFAULT_SCORERS, score_answer
+from pytest_fmbench.accuracy.scorers import DEFAULT_SCORERS, score_answer, strip_reasoning
 from pytest_fmbench.accuracy.settings import AccuracySettings, JudgeSpec
 from pytest_fmbench.config.model import Config
 
@@ -96,7 +96,8 @@ def build_judges(config: Config, specs: tuple[JudgeSpec, ...], results_dir: Path
                                 "endpoint": {k: v for k, v in spec.experiment.items()
                                              if k != "name"}},
                       parameters=spec.parameters, price=judge_price(config, experiment.model_id or ""),
-                      concurrency=spec.concurrency, deploys=experiment.deploy and backend == "local")
+                      concurrency=spec.concurrency,
+                      deploys=experiment.deploy and backend in ("local", "openai"))
         if template is not None:
             judge.template, judge.template_id = template, f"file:{spec.template_file}"
         judges.append(judge)
@@ -188,8 +189,6 @@ def _judge(config: Config, settings: AccuracySettings, answers: list[dict[str, A
     for row in answers:
         if row["error"] or not row["references"]:
             continue  # failed requests are counted apart, never judged (FMBench's A9)
-        from pytest_fmbench.accuracy.scorers import strip_reasoning
-
         key = f"{row['experiment']}|{row['payload_file']}|{row['item']}"
         items.append(JudgeItem(key, row.get("question") or "", tuple(row["references"]),
                                strip_reasoning(row["answer"])))

@@ -83,6 +83,12 @@ def _judges_from_panel(config: Config, panel: list[Any], parameters: dict[str, A
         experiment = {"name": str(entry.get("name") or model_id), "model_id": model_id,
                       "deploy": endpoint.pop("deploy", endpoint.get("backend") == "local"),
                       "payload_files": ["judge.jsonl"], "concurrency_levels": [1], **endpoint}
+        if experiment.get("backend") not in ("local", "openai") and experiment["deploy"] is True:
+            # Judges are started and stopped outside the run's journal and reaper: only
+            # local processes are, never a paid cloud endpoint.
+            raise ConfigError("a judge on this backend must be an existing endpoint",
+                              file=_where(config), key=f"{key}.endpoint.deploy",
+                              fix="set deploy: no and name an endpoint that is already serving")
         if experiment.get("backend") == "bedrock":
             experiment.setdefault("inference_spec", {"stream": False})
         judges.append(JudgeSpec(str(experiment["name"]), experiment,
