@@ -111,6 +111,7 @@ def test_oracle_panel_through_pytest_gate_and_cache(pytester: pytest.Pytester) -
         assert (out / "overall_candidate_model_majority_voting_accuracy.png").stat().st_size > 0
         report = (pytester.path / "out" / "report.md").read_text()
         assert "### Model evaluations" in report and "#### Model Evaluation Cost" in report
+        assert "| cand | J1 – J2 | 0.286 | 10 |" in report and "| cand | J3 | 9 | 0.556 | 1 (0.10) | 0 | 0 |" in report
         # cost per 10k correct answers = cost_per_10k_txn / 0.7 (the panel's accuracy)
         (cost_row,) = read_csv(out / "cost_per_10k_correct_answers.csv")
         assert float(cost_row["cost_per_10k_correct_answers"]) == pytest.approx(

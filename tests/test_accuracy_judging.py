@@ -142,3 +142,31 @@ def test_judges_served_differently_never_share_cached_verdicts(tmp_path: Path) -
     prompt_params = ("prompt", {"max_tokens": 1})
     assert cache_key(first.identity, *prompt_params) != cache_key(second.identity, *prompt_params)
     assert first.deploys and second.deploys  # local judges start for judging, stop after
+
+
+def test_evaluate_counts_failed_requests_apart_and_names_an_incompetent_judge(tmp_path: Path) -> None:
+    import json
+
+    from pytest_fmbench.accuracy.phase import evaluate
+    from pytest_fmbench.accuracy.settings import resolve
+    from pytest_fmbench.config.model import Config
+
+    answers = tmp_path / "accuracy" / "answers.jsonl"
+    answers.parent.mkdir()
+    rows = [{"experiment": "e", "payload_file": "p.jsonl", "item": str(i), "question": "q",
+             "references": ["Paris"], "answer": answer, "error": error, "truncated": i == 0}
+            for i, (answer, error) in enumerate([("Paris", ""), ("<think>x</think>paris", ""),
+                                                 ("", "timeout")])]
+    answers.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = Config.model_validate({
+        "experiments": [{"name": "e", "backend": "openai", "deploy": False,
+                         "openai": {"base_url": "http://127.0.0.1:9"},
+                         "payload_files": ["p.jsonl"], "concurrency_levels": [1]}],
+        "accuracy": {"quorum": 1, "cache": False}})
+    endpoint = FakeJudgeEndpoint()
+    judge = Judge("tiny-judge", endpoint, {"backend": "local", "endpoint": {"local": {"model": "tiny"}}}, {})
+    outcome = evaluate(config, resolve(config), tmp_path, judges=[judge])
+    assert outcome is not None and endpoint.calls == 2  # the failed request is never judged
+    exact = next(r for r in outcome.scores if r["scorer"] == "exact_match")
+    assert (exact["value"], exact["n"], exact["errored"], exact["truncated"]) == (1.0, 2, 1, 1)
+    assert any("tiny-judge serve the embedded random-weight model" in line for line in outcome.lines)

@@ -30,6 +30,8 @@ from pytest_fmbench.accuracy.settings import AccuracySettings, JudgeSpec
 from pytest_fmbench.config.model import Config
 
 BINARY_SCORERS = ("exact_match", "contains")
+# The local backend's built-in random-weight models (endpoints/local_model.py PRESETS).
+EMBEDDED_PRESETS = ("tiny", "small")
 
 
 @dataclasses.dataclass
@@ -282,6 +284,25 @@ def _judge(config: Config, settings: AccuracySettings, answers: list[dict[str, A
         md += [f"| {r['model_a']} | {r['model_b']} | {r['n']} | {r['accuracy_a']:.3f} | "
                f"{r['accuracy_b']:.3f} | {r['difference']:+.3f} | {r['only_a_correct']} | "
                f"{r['only_b_correct']} | {r['mcnemar_p']:.4g} |" for r in comparison]
+    md += ["", "Per judge (accuracy = leniency: the share of its valid votes that say correct):", "",
+           "| experiment | judge | votes | accuracy | parse failures (rate) | errors | skipped |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    md += [f"| {r['candidate_model']} | {r['judge_model_id']} | {r['correct'] + r['incorrect']} | "
+           f"{_fmt(r['accuracy'])} | {r['parse_failed']} ({r['parse_failure_rate']:.2f}) | "
+           f"{r['errors']} | {r['skipped']} |" for r in judge_rows]
+    kappas = [(experiment, pair, value) for experiment, summary in sorted(outcome.panel.items())
+              for pair, value in summary.cohen.items()]
+    if kappas:
+        md += ["", "| experiment | judges | Cohen κ | n |", "| --- | --- | --- | --- |"]
+        md += [f"| {e} | {a} – {b} | {_fmt(k)} | {n} |" for e, (a, b), (k, n) in kappas]
+    notes = [j.name for j in judges if j.identity.get("backend") == "local"
+             and str((j.identity.get("endpoint") or {}).get("local", {}).get("model", "tiny"))
+             in EMBEDDED_PRESETS]
+    if notes:
+        note = (f"Judges {', '.join(notes)} serve the embedded random-weight model: not a "
+                "competent judge; their verdicts check the plumbing only.")
+        md += ["", f"**Note:** {note}"]
+        outcome.lines.append(f"[fmbench] accuracy: NOTE {note}")
     _write_csv(out / "PoLL_per_model_accuracy.csv", model_rows)
     _write_csv(out / "majority_vote_accuracy_per_payload_file.csv", payload_rows)
     _write_csv(out / "per_model_per_eval_judge_accuracy.csv", judge_rows)
