@@ -35,12 +35,15 @@ def test_fmbench_bedrock_evaluation_config_runs_its_panel_on_the_emulator(aws: A
     judges.verdicts = {llama: EveryAnswer("correct"), claude: EveryAnswer("fenced-correct"),
                        cohere: EveryAnswer("garbage")}
     aws.emulator.converse_reply = judges.reply
+    # Bedrock throttles the Claude judge twice: retried by the backend, nothing lost.
+    throttled = aws.emulator.inject("throttle", times=2, api="bedrock", target=claude)
     path = fmbench_file(aws.pytester, BEDROCK_EVAL_FILE)
     result = run(aws.pytester, with_read_dir(aws.pytester, path, records=24),
                  "-k", "llama3-1-8b and (en_1-500 or accuracy)")
     result.assert_outcomes(passed=2)
     assert result.ret == 0
     n = judges.calls[llama]
+    assert throttled.fired == 2
     assert n > 0 and dict(judges.calls) == {llama: n, claude: n, cohere: n}
     result.stdout.fnmatch_lines([
         f"*accuracy: {CANDIDATE}: majority accuracy 1.000 ?*? n={n}, undecided 0*",
