@@ -23,6 +23,11 @@ ORACLE = {
 }
 
 
+# Printed before judging: the priced judges' most, and who is unpriced.
+ESTIMATE = ("*judging 10 answers with 3 judge(s): at most $0.0000 before cache hits, "
+            "plus unpriced judges J1, J2, J3*")
+
+
 def answer(i: int) -> str:
     return f"candidate answer {i}"
 
@@ -123,7 +128,8 @@ def test_oracle_panel_through_pytest_gate_and_cache(pytester: pytest.Pytester) -
         # A rerun: every verdict from the cache, not one judge call, the same numbers.
         again = run(pytester)
         assert dict(judges.calls) == {"J1": 10, "J2": 10, "J3": 10}
-        again.stdout.fnmatch_lines(["*judges made 0 calls (30 from the cache)*",
+        again.stdout.fnmatch_lines([ESTIMATE,
+                                    "*judges made 0 calls (30 from the cache)*",
                                     "*cand: majority accuracy 0.700 ?0.397, 0.892? n=10*"])
 
         # Re-score the saved run: no endpoint, no load, no judge call, the same verdict.
@@ -131,7 +137,8 @@ def test_oracle_panel_through_pytest_gate_and_cache(pytester: pytest.Pytester) -
         rescored = run(pytester, "--fmbench-rescore=out")
         assert rescored.ret == 1 and server.stats.requests == requests
         rescored.stdout.fnmatch_lines(["*pytest-fmbench rescore*",
-                                       "*judges made 0 calls (30 from the cache)*",
+                                       ESTIMATE,
+                                    "*judges made 0 calls (30 from the cache)*",
                                        "*accuracy budget FAIL*cand majority accuracy 0.700*"])
         nothing = run(pytester, f"--fmbench-rescore={pytester.path}")
         assert nothing.ret == 1

@@ -160,7 +160,7 @@ class SpendGuard:
         return self.limit_usd is None or self.spent_usd + estimate <= self.limit_usd
 
 
-def _estimate(judge: Judge, prompt: str) -> float:
+def estimate_cost(judge: Judge, prompt: str) -> float:
     """Before a call: ~4 characters a token for the prompt, the max_tokens for the reply."""
     if judge.price is None:
         return 0.0
@@ -190,7 +190,7 @@ async def _judge_all(judge: Judge, items: Sequence[JudgeItem], cache: JudgeCache
         hit = cache.get(key) if cache is not None else None
         if hit is not None:
             return _call_from_reply(judge, item, hit, cached=True)
-        estimate = _estimate(judge, prompt)
+        estimate = estimate_cost(judge, prompt)
         if not guard.allows(estimate):
             return JudgeCall(judge.name, item.key, "skipped", None,
                              error="judge spend limit reached")

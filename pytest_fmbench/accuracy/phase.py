@@ -195,6 +195,7 @@ def _judge(config: Config, settings: AccuracySettings, answers: list[dict[str, A
         items.append(JudgeItem(key, row.get("question") or "", tuple(row["references"]),
                                strip_reasoning(row["answer"])))
         keys[key] = (row["experiment"], row["payload_file"])
+    log(_estimate_line(judges, items, settings.budget_usd))
     cache = (JudgeCache(settings.cache_path) if settings.cache_enabled
              and settings.cache_path is not None else None)
     try:
@@ -331,6 +332,20 @@ def _judge(config: Config, settings: AccuracySettings, answers: list[dict[str, A
         outcome.lines.append("[fmbench] accuracy: plots skipped (matplotlib not installed)")
     except Exception as exc:  # noqa: BLE001 - a plot never costs the numbers
         outcome.lines.append(f"[fmbench] accuracy: plots failed: {type(exc).__name__}: {exc}")
+
+
+def _estimate_line(judges: list[Judge], items: list[JudgeItem], limit: float | None) -> str:
+    """Before the first judge call: what judging may cost at most (cache hits are free)."""
+    from pytest_fmbench.accuracy.judging import estimate_cost, render_prompt
+
+    priced = [j for j in judges if j.price is not None]
+    total = sum(estimate_cost(j, render_prompt(j.template, i.question, i.references, i.answer))
+                for j in priced for i in items)
+    unpriced = [j.name for j in judges if j.price is None]
+    return (f"[fmbench] accuracy: judging {len(items)} answers with {len(judges)} judge(s): "
+            f"at most ${total:.4f} before cache hits"
+            + (f", plus unpriced judges {', '.join(unpriced)}" if unpriced else "")
+            + (f" (judge spend limit ${limit:g})" if limit is not None else ""))
 
 
 def _accuracy_budget(config: Config) -> float | None:
