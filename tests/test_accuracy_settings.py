@@ -9,6 +9,7 @@ import pytest
 
 from pytest_fmbench.accuracy.settings import FMBENCH_PANEL, resolve
 from pytest_fmbench.config.loader import load_config
+from pytest_fmbench.config.model import Config
 from pytest_fmbench.errors import ConfigError
 
 BASE = """\
@@ -24,7 +25,7 @@ experiments:
 
 
 def config(tmp_path: Path, *, step: str = "yes", ground_truth: str = "ground_truth_col_key: answers",
-           extra: str = ""):  # noqa: ANN201
+           extra: str = "") -> Config:
     path = tmp_path / "cfg.yml"
     path.write_text(BASE.format(step=step, ground_truth=ground_truth) + extra)
     return load_config(path, environ={})

@@ -3,6 +3,7 @@ report and the verdict."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,10 @@ def cost_per_correct(metrics_rows: list[dict[str, str]],
             cost = float("nan")
         if share is None:
             continue
-        per_correct = cost / share if share > 0 and cost == cost else None
+        per_correct = cost / share if share > 0 and not math.isnan(cost) else None
         rows.append({"experiment": key[0], "payload_file": key[1],
                      "concurrency": metric.get("concurrency", ""),
-                     "cost_per_10k_txn": None if cost != cost else cost, "accuracy": share,
+                     "cost_per_10k_txn": None if math.isnan(cost) else cost, "accuracy": share,
                      "cost_per_10k_correct_answers": per_correct})
     return rows
 
