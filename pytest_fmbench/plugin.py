@@ -484,7 +484,8 @@ def fmbench_load(fmbench_case: Case, fmbench_endpoint: Endpoint,
             # Flat properties land in --junitxml as <property name="fmbench.tpm" .../>.
             request.node.user_properties.extend(junit_properties(result.summary))
             settings = request.config.stash.get(REPORT_SETTINGS_KEY, None)
-            if settings is None or settings.mode != "every":
+            # The accuracy pass measures nothing: its requests face the accuracy budgets only.
+            if settings is None or settings.mode != "every" or fmbench_case.accuracy:
                 return result
             violations = case_violations(settings, run.config, result.records)
             if not violations:
