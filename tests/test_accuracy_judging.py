@@ -170,3 +170,10 @@ def test_evaluate_counts_failed_requests_apart_and_names_an_incompetent_judge(tm
     exact = next(r for r in outcome.scores if r["scorer"] == "exact_match")
     assert (exact["value"], exact["n"], exact["errored"], exact["truncated"]) == (1.0, 2, 1, 1)
     assert any("tiny-judge serve the embedded random-weight model" in line for line in outcome.lines)
+    assert outcome.passed
+    # Scorer budgets (minimums per experiment x payload file) join the gate.
+    config.accuracy = {"quorum": 1, "cache": False, "budgets": {"exact_match": 1.0, "rouge_l": 1.01}}
+    gated = evaluate(config, resolve(config), tmp_path, judges=[])
+    assert gated is not None and not gated.passed
+    assert [line for line in gated.lines if "FAIL" in line] == [
+        "[fmbench] accuracy budget FAIL: e p.jsonl rouge_l 1.000 < 1.01"]
