@@ -50,9 +50,9 @@ def test_bootstrap_is_seeded_and_brackets_the_mean() -> None:
     assert first.low <= first.value <= first.high and first.n == 6
 
 
-def test_agreement_matches_reference_implementations_on_random_matrices() -> None:
-    """Cross-check against textbook formulas on a seeded random matrix (no missing votes):
-    with complete data Krippendorff's α and Fleiss' κ differ only by the small-sample term."""
+def test_alpha_and_fleiss_kappa_obey_their_identity_on_complete_random_data() -> None:
+    """A cross-check of two independent implementations on a seeded random matrix (no missing
+    votes): with complete nominal data α = κ_Fleiss + (1 - κ_Fleiss) / (N·m)."""
     import random
 
     rng = random.Random(7)
@@ -60,6 +60,4 @@ def test_agreement_matches_reference_implementations_on_random_matrices() -> Non
     kappa, n = stats.fleiss_kappa(matrix)
     alpha, pairable = stats.krippendorff_alpha_nominal(matrix)
     assert n == 50 and pairable == 150 and kappa is not None and alpha is not None
-    # α = 1 - (1 - κ_fleiss)·(N·m - 1)/(N·m)·... relation for complete data:
-    # α = κ + (1 - κ)/(N·m) holds exactly for nominal data with m raters on all N items.
     assert alpha == pytest.approx(kappa + (1 - kappa) / (50 * 3), abs=1e-12)
