@@ -270,7 +270,8 @@ class BenchmarkRun:
                                   key="datasets.filters", fix="add a filter producing it")
             parameters = self.config.parameters_for(experiment)
             self._requests[key] = [
-                InferenceRequest(p.prompt, parameters, p.prompt_tokens) for p in load_payloads(path)
+                InferenceRequest(p.prompt, parameters, p.prompt_tokens, p.id)
+                for p in load_payloads(path)
             ]
         return self._requests[key]
 
@@ -373,8 +374,13 @@ class BenchmarkRun:
             self.records.write(record)
             records.append(record)
 
+        from pytest_fmbench.accuracy.combination import answer_tap
+
+        # accuracy.per_combination: the answers of this case are kept (apart from the records).
+        make_client, save_answers = answer_tap(self, case, plan.processes, endpoint.client)
         try:
-            run_load(plan, endpoint.client, requests, context, emit, log=self.log)
+            run_load(plan, make_client, requests, context, emit, log=self.log)
+            save_answers()
         finally:
             self.records.checkpoint()
             if self.guard is not None:

@@ -69,6 +69,7 @@ def write_inputs(path: Path, url: str, *, budget: float = 0.8) -> None:
         accuracy:
           quorum: 2
           tie: incorrect
+          per_combination: true
           cache: {path / 'judge-cache.sqlite'}
           judges:
         """) + judges + "\n")
@@ -122,6 +123,12 @@ def test_oracle_panel_through_pytest_gate_and_cache(pytester: pytest.Pytester) -
         assert float(cost_row["cost_per_10k_correct_answers"]) == pytest.approx(
             float(cost_row["cost_per_10k_txn"]) / 0.7)
         assert "#### Cost per 10k correct answers" in report
+        # The load case's own answer, scored per combination (per_combination: true).
+        (combination,) = read_csv(out / "scores_per_combination.csv")
+        assert (combination["concurrency"], combination["n_scored"], combination["errored"],
+                combination["distinct_answers_per_prompt"]) == ("1", "1", "0", "1.0")
+        assert combination["exact_match"] == "0.0"  # "candidate answer i" vs "reference i"
+        assert "#### Accuracy per combination" in report
         scores = {r["scorer"]: r for r in read_csv(out / "scores.csv")}
         assert scores["exact_match"]["value"] == "0.0" and scores["exact_match"]["n"] == "10"
 

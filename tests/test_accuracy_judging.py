@@ -177,3 +177,16 @@ def test_evaluate_counts_failed_requests_apart_and_names_an_incompetent_judge(tm
     assert gated is not None and not gated.passed
     assert [line for line in gated.lines if "FAIL" in line] == [
         "[fmbench] accuracy budget FAIL: e p.jsonl rouge_l 1.000 < 1.01"]
+
+
+def test_the_answer_tap_passes_everything_through_and_keeps_the_answers() -> None:
+    import asyncio
+
+    from pytest_fmbench.accuracy.combination import AnswerTap
+
+    sink: list[tuple[str, str, str]] = []
+    tap = AnswerTap(FakeJudgeEndpoint().client(), sink)
+    result = asyncio.run(tap.invoke(InferenceRequest("<candidate_answer>\nx", {}, None, "id-1")))
+    assert result.text == '{"verdict": "correct"}' and result.prompt_tokens == 1000
+    assert sink == [("id-1", '{"verdict": "correct"}', "")]
+    assert tap.enforces_timeout is False  # the fake client bounds nothing: the engine guards it

@@ -23,6 +23,7 @@ from typing import Any
 from pytest_fmbench.accuracy import stats
 from pytest_fmbench.accuracy.answers import ANSWERS_DIR, read_answers
 from pytest_fmbench.accuracy.cache import JudgeCache
+from pytest_fmbench.accuracy.combination import read_combinations
 from pytest_fmbench.accuracy.judging import Judge, JudgeItem, JudgePrice, run_judges
 from pytest_fmbench.accuracy.panel import PanelSummary, compare_models, summarize
 from pytest_fmbench.accuracy.scorers import DEFAULT_SCORERS, score_answer, strip_reasoning
@@ -121,7 +122,8 @@ def evaluate(config: Config, settings: AccuracySettings, results_dir: Path, *, r
              judges: list[Judge] | None = None) -> AccuracyOutcome | None:
     """Everything accuracy does at session finish; None when the run saved no answers."""
     answers = read_answers(results_dir)
-    if not answers:
+    combinations = read_combinations(results_dir)
+    if not answers and not combinations:
         return None
     out = results_dir / ANSWERS_DIR
     lines: list[str] = []
@@ -162,6 +164,8 @@ def evaluate(config: Config, settings: AccuracySettings, results_dir: Path, *, r
                         f"| {row['n']} | {row['errored']} | {row['truncated']} |")
     markdown.append("")
 
+    if combinations:
+        markdown += _combination_scores(combinations, out)
     outcome = AccuracyOutcome(lines, markdown, True, scores=score_rows)
     outcome.correct_share = {(r["experiment"], r["payload_file"]): r["value"] for r in score_rows
                              if r["scorer"] == "exact_match" and r["value"] is not None}
@@ -181,6 +185,49 @@ def evaluate(config: Config, settings: AccuracySettings, results_dir: Path, *, r
     markdown += ["", *[f"- {f.removeprefix('[fmbench] ')}" for f in failures]]
     (out / "accuracy.md").write_text("\n".join(markdown) + "\n", encoding="utf-8")
     return outcome
+
+
+def _combination_scores(rows: list[dict[str, Any]], out: Path) -> list[str]:
+    """Exact match and token F1 of every load case's answers, per combination, with the
+    number of distinct answers per prompt (answers that change with load)."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["experiment"], row["payload_file"], int(row["concurrency"]))].append(row)
+    table: list[dict[str, Any]] = []
+    for (experiment, payload_file, concurrency), items in sorted(groups.items()):
+        exact: list[float] = []
+        f1: list[float] = []
+        distinct: list[int] = []
+        for item in items:
+            if not item["references"] or not item["answers"]:
+                continue
+            distinct.append(len(item["answers"]))
+            for text, count in item["answers"].items():
+                scores = score_answer(text, item["references"], scorers=("exact_match", "qa_f1"))
+                exact += [scores.scores["exact_match"]] * count
+                f1 += [scores.scores["qa_f1"]] * count
+        em = stats.wilson(int(sum(exact)), len(exact))
+        qa = stats.bootstrap_mean(f1)
+        table.append({"experiment": experiment, "payload_file": payload_file,
+                      "concurrency": concurrency, "n_scored": len(exact),
+                      "errored": sum(int(i["errors"]) for i in items),
+                      "exact_match": em.value, "exact_match_ci_low": em.low,
+                      "exact_match_ci_high": em.high, "qa_f1": qa.value, "qa_f1_ci_low": qa.low,
+                      "qa_f1_ci_high": qa.high,
+                      "distinct_answers_per_prompt": (sum(distinct) / len(distinct)
+                                                      if distinct else None)})
+    _write_csv(out / "scores_per_combination.csv", table)
+    lines = ["#### Accuracy per combination (the load cases' own answers)", "",
+             "| experiment | payload file | c | n | errored | exact match [95 % CI] | token F1 [95 % CI] "
+             "| distinct answers / prompt |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in table:
+        lines.append(
+            f"| {r['experiment']} | {r['payload_file']} | {r['concurrency']} | {r['n_scored']} | "
+            f"{r['errored']} | {_fmt(r['exact_match'])} [{_fmt(r['exact_match_ci_low'])}, "
+            f"{_fmt(r['exact_match_ci_high'])}] | {_fmt(r['qa_f1'])} [{_fmt(r['qa_f1_ci_low'])}, "
+            f"{_fmt(r['qa_f1_ci_high'])}] | {_fmt(r['distinct_answers_per_prompt'], 2)} |")
+    return [*lines, ""]
 
 
 def _judge(config: Config, settings: AccuracySettings, answers: list[dict[str, Any]],

@@ -31,7 +31,7 @@ FMBENCH_JUDGE_PARAMETERS: dict[str, Any] = {"temperature": 0.1, "max_tokens": 30
 FMBENCH_PARALLEL = 5
 
 _OURS = {"enabled", "judges", "quorum", "tie", "max_items_per_payload_file", "concurrency",
-         "cache", "budget_usd", "budgets", "inference_parameters", "seed"}
+         "cache", "budget_usd", "budgets", "inference_parameters", "seed", "per_combination"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +61,7 @@ class AccuracySettings:
     parameters: dict[str, Any]
     source: str                  # "fmbench" (run_steps/model_evaluations), "accuracy", "off"
     notice: str | None = None    # why accuracy is off although the config asks for it
+    per_combination: bool = False  # also keep and score every load case's answers
 
 
 def _where(config: Config) -> str | None:
@@ -181,4 +182,5 @@ def resolve(config: Config, cache_dir: Path | None = None) -> AccuracySettings:
         cache_path=cache_path, cache_enabled=cache is not False,
         budget_usd=ours.get("budget_usd"), scorer_budgets=budgets,
         parameters=dict(ours.get("inference_parameters") or {}),
-        source="accuracy" if ours else ("fmbench" if fmbench_on else "off"), notice=notice)
+        source="accuracy" if ours else ("fmbench" if fmbench_on else "off"), notice=notice,
+        per_combination=bool(ours.get("per_combination", False)))

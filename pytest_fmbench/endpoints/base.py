@@ -17,6 +17,7 @@ class InferenceRequest:
     prompt: str
     parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     prompt_tokens: int | None = None  # counted when the payload file was built
+    payload_id: str = ""              # the payload's id (its dataset record), for accuracy
 
 
 @dataclasses.dataclass
