@@ -218,8 +218,8 @@ def _combination_scores(rows: list[dict[str, Any]], out: Path) -> list[str]:
                                                       if distinct else None)})
     _write_csv(out / "scores_per_combination.csv", table)
     lines = ["#### Accuracy per combination (the load cases' own answers)", "",
-             "| experiment | payload file | c | n | errored | exact match [95 % CI] | token F1 [95 % CI] "
-             "| distinct answers / prompt |",
+             ("| experiment | payload file | c | n | errored | exact match [95 % CI] | token F1 [95 % CI] "
+             "| distinct answers / prompt |"),
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in table:
         lines.append(
