@@ -223,6 +223,10 @@ class BenchmarkRun:
             )
         return self._payload_paths
 
+    def dataset_records(self) -> list[dict[str, Any]]:
+        """The dataset's records (payload ids are their ``_id``, else their index)."""
+        return self._dataset_records()
+
     def _dataset_records(self) -> list[dict[str, Any]]:
         datasets = self.config.datasets
         inputs = self.fmbench_inputs()
@@ -267,7 +271,8 @@ class BenchmarkRun:
                                   key="datasets.filters", fix="add a filter producing it")
             parameters = self.config.parameters_for(experiment)
             self._requests[key] = [
-                InferenceRequest(p.prompt, parameters, p.prompt_tokens) for p in load_payloads(path)
+                InferenceRequest(p.prompt, parameters, p.prompt_tokens, p.id)
+                for p in load_payloads(path)
             ]
         return self._requests[key]
 
@@ -352,6 +357,10 @@ class BenchmarkRun:
 
     # -- cases -------------------------------------------------------------------------
     def run_case(self, case: Case, endpoint: Endpoint) -> CaseResult:
+        if case.accuracy:
+            from pytest_fmbench.accuracy.experiment_pass import run_accuracy_pass
+
+            return run_accuracy_pass(self, case, endpoint)
         experiment = self.config.experiment(case.experiment)
         settings = self.config.load_for(experiment)
         requests = self.requests_for(experiment, case.payload_file)
@@ -362,8 +371,13 @@ class BenchmarkRun:
                                 case.concurrency, case.id, self.worker)
         # Bounded memory (issue 18): the records stay on disk, the summary is streamed.
         recorder = CaseRecorder(self.records, case.id)
+        from pytest_fmbench.accuracy.combination import answer_tap
+
+        # accuracy.per_combination: the answers of this case are kept (apart from the records).
+        make_client, save_answers = answer_tap(self, case, plan.processes, endpoint.client)
         try:
-            run_load(plan, endpoint.client, requests, context, recorder, log=self.log)
+            run_load(plan, make_client, requests, context, recorder, log=self.log)
+            save_answers()
         finally:
             self.records.checkpoint()
             if self.guard is not None:
