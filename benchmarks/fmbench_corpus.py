@@ -114,9 +114,15 @@ def placeholder_values(text: str) -> dict[str, str]:
 
 
 def expected_cases(data: Any) -> int:
-    """FMBench's combinations, counted on the raw YAML (independent of our model)."""
-    return sum(len(e.get("payload_files") or []) * len(e.get("concurrency_levels") or [])
-               for e in data.get("experiments") or [] if isinstance(e, dict))
+    """FMBench's combinations, counted on the raw YAML (independent of our model), plus one
+    accuracy pass per experiment where FMBench runs its evaluations with a ground truth."""
+    experiments = [e for e in data.get("experiments") or [] if isinstance(e, dict)]
+    combinations = sum(len(e.get("payload_files") or []) * len(e.get("concurrency_levels") or [])
+                       for e in experiments)
+    step = (data.get("run_steps") or {}).get("4_get_evaluations.ipynb")
+    evaluations = (step not in (None, False, "no") and data.get("model_evaluations")
+                   and (data.get("datasets") or {}).get("ground_truth_col_key"))
+    return combinations + (len(experiments) if evaluations else 0)
 
 
 def check_config(path: Path, base: Path) -> Outcome:

@@ -21,9 +21,14 @@ class Case:
     markers: tuple[str, ...]
     # Set when the case cannot run and FMBench would skip it too (pytest skips it).
     skip_reason: str | None = None
+    # The experiment's accuracy pass (pytest_fmbench.accuracy): every prompt of its payload
+    # files sent once after its load cases, answers kept; marker ``fmbench_accuracy``.
+    accuracy: bool = False
 
     @property
     def id(self) -> str:
+        if self.accuracy:
+            return accuracy_case_id(self.experiment)
         return case_id(self.experiment, self.payload_file, self.concurrency)
 
     @property
@@ -39,6 +44,14 @@ def payload_stem(payload_file: str) -> str:
 def case_id(experiment: str, payload_file: str, concurrency: int) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.\-]+", "-", experiment).strip("-")
     return f"{safe}-{payload_stem(payload_file)}-c{concurrency}"
+
+
+ACCURACY_MARKER = "fmbench_accuracy"
+
+
+def accuracy_case_id(experiment: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.\-]+", "-", experiment).strip("-")
+    return f"{safe}-accuracy"
 
 
 def marker_name(text: str) -> str:
@@ -59,6 +72,9 @@ def experiment_markers(config: Config, experiment: Experiment) -> tuple[str, ...
 
 def expand_cases(config: Config) -> list[Case]:
     """All cases, grouped by experiment in config order, so each endpoint deploys once."""
+    from pytest_fmbench.accuracy.settings import resolve
+
+    with_accuracy = resolve(config).enabled
     cases = []
     for index, experiment in enumerate(config.experiments):
         markers = experiment_markers(config, experiment)
@@ -69,6 +85,11 @@ def expand_cases(config: Config) -> list[Case]:
             for concurrency in experiment.concurrency_levels:
                 cases.append(Case(experiment.name, payload_file, concurrency, index, markers,
                                   skip))
+        if with_accuracy:
+            produced = [p for p in experiment.payload_files if p not in unproduced]
+            cases.append(Case(experiment.name, (produced or experiment.payload_files)[0], 1, index,
+                              (*markers, ACCURACY_MARKER), None if produced else
+                              "no payload file of this experiment is produced", accuracy=True))
     ids = [c.id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:

@@ -26,6 +26,7 @@ from pytest_fmbench.cases import payload_stem
 from pytest_fmbench.config.pricing import Price
 from pytest_fmbench.load.columnar import RECORD_SCHEMA, records_to_table
 from pytest_fmbench.load.records import RequestRecord
+from pytest_fmbench.load.stored import StoredRecords
 
 KEYS = ["experiment", "payload_file", "concurrency"]
 PERCENTILES = (50, 90, 95, 99)
@@ -115,7 +116,11 @@ def slo_thresholds(budgets: Mapping[str, float]) -> dict[str, float]:
 # -- per request ------------------------------------------------------------------------------
 
 def as_table(records: pa.Table | Sequence[RequestRecord]) -> pa.Table:
-    return records if isinstance(records, pa.Table) else records_to_table(list(records))
+    if isinstance(records, pa.Table):
+        return records
+    if isinstance(records, StoredRecords):  # read column-wise from disk, not record by record
+        return records.table()
+    return records_to_table(list(records))
 
 
 def _seconds(end: pa.ChunkedArray, start: pa.ChunkedArray) -> np.ndarray:

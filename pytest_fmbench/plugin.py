@@ -65,6 +65,9 @@ NO_CONFIG = (
     "e.g. pytest benchmarks/ --fmbench-config=configs/quickstart.yml"
 )
 CASE_SUMMARY_KEY = pytest.StashKey[dict[str, Any]]()
+# --fmbench-rescore: (config, saved run dir) to score again instead of benchmarking; the lines.
+RESCORE_KEY = pytest.StashKey[tuple[Any, Path]]()
+RESCORE_LINES_KEY = pytest.StashKey[list[str]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -124,6 +127,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "endpoint deployed once across the shards); merge the shards' results dirs "
                     "with 'python -m pytest_fmbench merge'. Env: FMBENCH_SHARD; ini: fmbench_shard.")
     parser.addini("fmbench_shard", "run shard K/N of the experiments")
+    group.addoption("--fmbench-rescore", dest="fmbench_rescore", metavar="DIR", default=None,
+                    help="score and judge the answers saved in an earlier run's results dir "
+                    "again (no endpoint, no load; judge calls come from the cache when "
+                    "unchanged) and apply the accuracy budgets.")
 
 
 def _read_dir(config: pytest.Config) -> Path | None:
@@ -173,6 +180,8 @@ def _placeholder_values(pairs: list[str]) -> dict[str, str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fmbench: a pytest-fmbench benchmark case")
+    config.addinivalue_line("markers", "fmbench_accuracy: an experiment's accuracy pass "
+                            "(answers kept, scored and judged at session finish)")
     for backend in BUILTIN_BACKENDS:
         config.addinivalue_line("markers", f"{backend}: cases served by the {backend} backend")
     raw = setting(config, "fmbench_config", "FMBENCH_CONFIG")
@@ -208,6 +217,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.issue_config_time_warning(pytest.PytestConfigWarning(f"{path}: {warning}"), stacklevel=2)
     for marker in all_markers(bench_config):
         config.addinivalue_line("markers", f"{marker}: pytest-fmbench experiment marker")
+    rescore = config.getoption("fmbench_rescore")
+    if rescore:  # nothing is deployed or measured: no role, no run
+        config.stash[RESCORE_KEY] = (bench_config, (config.invocation_params.dir / rescore).resolve())
+        return
 
     setup = RunSetup(bench_config, cases, report_settings, read_dir=read_dir,
                      teardown_deadline_s=_teardown_timeout(config),
@@ -327,6 +340,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "fmbench_case" not in metafunc.fixturenames:
         return
     cases = metafunc.config.stash.get(CASES_KEY, None)
+    if RESCORE_KEY in metafunc.config.stash:
+        metafunc.parametrize("fmbench_case", [pytest.param(None, id="rescore", marks=pytest.mark.skip(
+            reason="--fmbench-rescore: no benchmark case runs"))])
+        return
     if cases is None:
         metafunc.parametrize("fmbench_case", [
             pytest.param(None, id="no-config", marks=pytest.mark.skip(reason=NO_CONFIG))])
@@ -380,12 +397,27 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    rescore = session.config.stash.get(RESCORE_KEY, None)
+    if rescore is not None and not hasattr(session.config, "workerinput"):
+        from pytest_fmbench.accuracy.session import rescore_run
+
+        try:
+            lines, passed = rescore_run(*rescore, session.config.rootpath)
+        except ConfigError as exc:
+            lines, passed = [exc.render()], False
+        session.config.stash[RESCORE_LINES_KEY] = lines
+        session.exitstatus = pytest.ExitCode.OK if passed else pytest.ExitCode.TESTS_FAILED
     role = session.config.stash.get(ROLE_KEY, None)
     if role is not None:
         session.exitstatus = role.session_finish(session.exitstatus)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    rescored = config.stash.get(RESCORE_LINES_KEY, None)
+    if rescored is not None:
+        terminalreporter.write_sep("=", "pytest-fmbench rescore")
+        for line in rescored:
+            terminalreporter.write_line(line)
     role = config.stash.get(ROLE_KEY, None)
     outcome = role.outcome if role is not None else None
     if (outcome is None or not outcome.ran and not outcome.error and outcome.passed
@@ -480,7 +512,8 @@ def fmbench_load(fmbench_case: Case, fmbench_endpoint: Endpoint,
             # Flat properties land in --junitxml as <property name="fmbench.tpm" .../>.
             request.node.user_properties.extend(junit_properties(result.summary))
             settings = request.config.stash.get(REPORT_SETTINGS_KEY, None)
-            if settings is None or settings.mode != "every":
+            # The accuracy pass measures nothing: its requests face the accuracy budgets only.
+            if settings is None or settings.mode != "every" or fmbench_case.accuracy:
                 return result
             violations = case_violations(settings, run.config, result.records)
             if not violations:

@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from pytest_fmbench.accuracy.session import evaluate_run as evaluate_accuracy
+from pytest_fmbench.accuracy.session import merge_into_report
 from pytest_fmbench.case_ledger import CaseLedger, case_label
 from pytest_fmbench.cases import Case
 from pytest_fmbench.config.model import Config
@@ -317,9 +319,14 @@ class ControllerRole(Role):
     def _report(self) -> None:
         """Merge every process's records, write the report, apply the gate."""
         run = self.run
+        # Endpoints are down by now: the judges never share the cores with a measurement.
+        accuracy = evaluate_accuracy(run.config, run.results_dir, run.run_id,
+                                     self.config.rootpath, run.log)
         outcome = finish(run.results_dir, run.config, self.setup.settings,
                          missing_cases=self.ledger.missing, stopped=run.spend.stop_reasons(),
                          left_running=run.left_running())
+        if accuracy is not None:
+            merge_into_report(outcome, accuracy, run.results_dir)
         self.outcome = outcome
         if self.setup.upload:
             _upload(run, outcome)

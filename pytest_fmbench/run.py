@@ -12,7 +12,7 @@ import platform
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from pytest_fmbench.errors import ConfigError
 from pytest_fmbench.load.columnar import ColumnarRecordWriter
 from pytest_fmbench.load.engine import RecordContext, plan_load, run_in_loop, run_load
 from pytest_fmbench.load.records import RequestRecord
-from pytest_fmbench.load.summary import case_summary
+from pytest_fmbench.load.stored import CaseRecorder
 from pytest_fmbench.safety.net import SafetyNet
 from pytest_fmbench.safety.spend import SpendGuard, SpendLedger
 
@@ -50,7 +50,8 @@ run_async = run_in_loop
 @dataclasses.dataclass
 class CaseResult:
     case: Case
-    records: list[RequestRecord]
+    # A sequence: a list, or the records file read back on demand (``StoredRecords``).
+    records: Sequence[RequestRecord]
     summary: dict[str, Any]
 
     @property
@@ -226,6 +227,10 @@ class BenchmarkRun:
             )
         return self._payload_paths
 
+    def dataset_records(self) -> list[dict[str, Any]]:
+        """The dataset's records (payload ids are their ``_id``, else their index)."""
+        return self._dataset_records()
+
     def _dataset_records(self) -> list[dict[str, Any]]:
         datasets = self.config.datasets
         inputs = self.fmbench_inputs()
@@ -270,7 +275,8 @@ class BenchmarkRun:
                                   key="datasets.filters", fix="add a filter producing it")
             parameters = self.config.parameters_for(experiment)
             self._requests[key] = [
-                InferenceRequest(p.prompt, parameters, p.prompt_tokens) for p in load_payloads(path)
+                InferenceRequest(p.prompt, parameters, p.prompt_tokens, p.id)
+                for p in load_payloads(path)
             ]
         return self._requests[key]
 
@@ -355,6 +361,10 @@ class BenchmarkRun:
 
     # -- cases -------------------------------------------------------------------------
     def run_case(self, case: Case, endpoint: Endpoint) -> CaseResult:
+        if case.accuracy:
+            from pytest_fmbench.accuracy.experiment_pass import run_accuracy_pass
+
+            return run_accuracy_pass(self, case, endpoint)
         experiment = self.config.experiment(case.experiment)
         settings = self.config.load_for(experiment)
         requests = self.requests_for(experiment, case.payload_file)
@@ -364,19 +374,20 @@ class BenchmarkRun:
         context = RecordContext(self.run_id, case.experiment, case.payload_file,
                                 case.concurrency, case.id, self.worker, shard=self.shard,
                                 host=self.host)
-        records: list[RequestRecord] = []
+        # Bounded memory (issue 18): the records stay on disk, the summary is streamed.
+        recorder = CaseRecorder(self.records, case.id)
+        from pytest_fmbench.accuracy.combination import answer_tap
 
-        def emit(record: RequestRecord) -> None:
-            self.records.write(record)
-            records.append(record)
-
+        # accuracy.per_combination: the answers of this case are kept (apart from the records).
+        make_client, save_answers = answer_tap(self, case, plan.processes, endpoint.client)
         try:
-            run_load(plan, endpoint.client, requests, context, emit, log=self.log)
+            run_load(plan, make_client, requests, context, recorder, log=self.log)
+            save_answers()
         finally:
             self.records.checkpoint()
             if self.guard is not None:
-                self.guard.record_case(case.experiment, records)
-        return CaseResult(case, records, case_summary(records))
+                self.guard.record_case(case.experiment, recorder.records)
+        return CaseResult(case, recorder.records, recorder.aggregate.summary())
 
     def close(self) -> None:
         live = self.endpoints.live

@@ -50,7 +50,7 @@ def load(tmp_path: Path, text: str) -> Config:
 def test_fmbench_keys_not_acted_on_are_kept_per_section_and_experiment(tmp_path: Path) -> None:
     config = load(tmp_path, fmbench_config("http://127.0.0.1:9"))
     assert config.ignored_fmbench_keys() == {
-        "(top level)": ["dir_paths", "run_steps"],
+        "(top level)": ["dir_paths"],
         "metrics": ["weights"],
         "report": ["title"],
         "experiments[0] (alpha)": ["inference_spec.shm_size", "inference_spec.tp_degree"],
@@ -111,7 +111,7 @@ def test_summary_and_report_list_the_keys_not_acted_on(pytester: pytest.Pytester
     ])
     report = (pytester.path / "out" / "report.md").read_text(encoding="utf-8")
     assert "## FMBench compatibility" in report
-    assert "  - (top level): dir_paths, run_steps" in report
+    assert "  - (top level): dir_paths" in report
 
 
 # -- inference_spec keys that change requests (SageMaker formats, REST headers) -----------------

@@ -260,7 +260,8 @@ def test_fmbench_custom_rest_config_runs_against_a_loopback_server(aws: Aws) -> 
         path = fmbench_file(aws.pytester, REST_FILE, ep_name=(
             "http://localhost:8080/v2/completions", f"{server.url}/v2/completions"))
         result = run(aws.pytester, with_read_dir(aws.pytester, path))
-        result.assert_outcomes(passed=1)
+        # The load case, and the accuracy pass FMBench's 4_get_evaluations.ipynb asks for.
+        result.assert_outcomes(passed=2)
         method, route, headers, body = server.requests[-1]
     assert_all_ok(records(aws.pytester), "custom-model-byoe")
     assert (method, route) == ("POST", "/v2/completions")
@@ -282,7 +283,7 @@ def test_fmbench_custom_pricing_file_comes_from_the_read_bucket(aws: Aws) -> Non
             "http://localhost:8080/v2/completions", f"{server.url}/v2/completions"))
         fill_bucket(aws.s3, READ_BUCKET, data_files(path, records=8))
         result = run(aws.pytester, "-W", "error::pytest.PytestConfigWarning")
-        result.assert_outcomes(passed=1)
+        result.assert_outcomes(passed=2)  # the load case and the accuracy pass
     result.stdout.fnmatch_lines([
         f"*pricing: 'custom_pricing.yml' from the FMBench read bucket s3://{READ_BUCKET}/configs/*"])
     assert "packaged price table is used instead" not in result.stdout.str()
@@ -297,7 +298,7 @@ def test_without_it_in_the_bucket_the_packaged_prices_are_used_with_a_warning(aw
         files = {k: v for k, v in data_files(path, records=8).items() if "pricing" not in k}
         fill_bucket(aws.s3, READ_BUCKET, files)
         result = run(aws.pytester)
-        result.assert_outcomes(passed=1)
+        result.assert_outcomes(passed=2)  # the load case and the accuracy pass
     result.stdout.fnmatch_lines([("*WARNING pricing: the pricing file 'custom_pricing.yml' was "
                                   "not found*packaged price table is used instead*")])
     prices = json.loads((aws.pytester.path / "out" / "results.json").read_text())["prices"]

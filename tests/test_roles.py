@@ -47,6 +47,7 @@ class FakeRun:
     def __init__(self, results_dir: Path, log: RunLog, *, fail: str = "",
                  left: list[dict[str, Any]] | None = None) -> None:
         self.results_dir = results_dir
+        self.run_id = "run"
         self.log = log
         self.fail = fail
         self.left = left or []
@@ -86,6 +87,7 @@ def fake_config(tmp_path: Path, *, collectonly: bool = False, worker: str = "") 
         invocation_params=SimpleNamespace(args=("--fmbench-set", "key=s3cr3t", "bench"),
                                           dir=tmp_path),
         pluginmanager=SimpleNamespace(get_plugin=lambda name: None),
+        rootpath=tmp_path,
     )
     if worker:
         config.workerinput = {"workerid": worker}
@@ -104,6 +106,7 @@ def _steps_stubbed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
     monkeypatch.setattr(roles, "cleanup_orphans", lambda run: [])
     monkeypatch.setattr(roles, "finish", lambda *a, **k: SessionReport(passed=True, ran=True))
+    monkeypatch.setattr(roles, "evaluate_accuracy", lambda *a, **k: None)  # no accuracy asked
 
 
 def controller(tmp_path: Path, **kwargs: Any) -> tuple[ControllerRole, FakeRun, list[str]]:
@@ -306,3 +309,15 @@ def test_a_worker_prices_only_its_own_selection_and_not_under_collect_only(
     config.option.collectonly = True
     role.collection_finish(items)  # type: ignore[arg-type]
     assert priced == [["beta"]]
+
+
+def test_a_failed_accuracy_budget_fails_the_run_and_joins_the_summary(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_fmbench.accuracy.phase import AccuracyOutcome
+
+    line = "[fmbench] accuracy budget FAIL: m majority accuracy 0.500 vs accuracy_budget 0.900"
+    monkeypatch.setattr(roles, "evaluate_accuracy",
+                        lambda *a, **k: AccuracyOutcome([line], ["### Model evaluations"], False))
+    role, _, _ = controller(tmp_path)
+    assert role.session_finish(OK) == FAILED
+    assert role.outcome is not None and line in role.outcome.lines

@@ -1,12 +1,15 @@
 """Scale benchmark: metrics, report and plots from 1,000,000 request records.
 
-    pytest benchmarks/perf -p no:randomly -s
+    pytest benchmarks/perf/test_report_scale.py -p no:randomly -s
+    FMBENCH_PERF_RECORDS=10000000 pytest benchmarks/perf/test_report_scale.py -p no:randomly -s
 
 Not part of the benchmark suite users run (``benchmarks/conftest.py`` skips this folder unless
 it is named). The records are written the way the plugin writes them (per process a JSON-lines
 file plus its Arrow copy); the report is then built in a fresh process, so its time and peak
-memory (max RSS) are the report's own. Targets on the 2-core reference machine: ≤ 10 s end
-to end and ≤ 2 GiB.
+memory (max RSS) are the report's own. Targets (issue 18, 2-core machine): the report (after
+the imports, printed apart) within 2 s per million records (1 M ≤ 2 s, 10 M ≤ 20 s), peak
+memory ≤ 2 GiB. Each figure is printed beside its target and the previous run's and asserted;
+the ``smoke`` test (CI) allows ``SMOKE_REPORT_MARGIN`` x the time. ``FMBENCH_PERF_MARGIN`` loosens the full targets.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from guard import check, margin
 from synthetic import EXPERIMENTS, PAYLOADS, synthetic_table, write_results_dir
 
 RECORDS = int(os.environ.get("FMBENCH_PERF_RECORDS", "1000000"))
-TARGET_S = 10.0
+TARGET_S_PER_MILLION = 2.0
 TARGET_BYTES = 2 * 1024**3
 
 INSTANCE_TYPES = ["ml.g5.xlarge", "ml.g5.2xlarge", "ml.p4d.24xlarge", "ml.inf2.xlarge"]
@@ -85,26 +89,48 @@ def million(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return folder, _config(folder)
 
 
-def test_report_from_a_million_records(benchmark, million: tuple[Path, Path], capsys) -> None:
-    folder, config = million
+def build(folder: Path, config: Path) -> dict:
+    done = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(config)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
-    def build() -> dict:
-        done = subprocess.run([sys.executable, "-c", CHILD, str(folder), str(config)],
-                              capture_output=True, text=True, check=True)
-        return json.loads(done.stdout.strip().splitlines()[-1])
 
-    result = benchmark.pedantic(build, rounds=1, iterations=1)
-    benchmark.extra_info.update(result)
-    with capsys.disabled():
-        print(f"\n[scale] {result['requests']:,} records, {result['combinations']} combinations: "
-              f"{result['total_s']:.2f} s end to end (imports {result['import_s']:.2f} s, "
-              f"report {result['build_s']:.2f} s; CPU {result['cpu_s']:.2f} s), peak memory "
-              f"{result['peak_rss_bytes'] / 1024**3:.2f} GiB (targets: {TARGET_S:.0f} s, "
-              f"{TARGET_BYTES / 1024**3:.0f} GiB)")
+def judge(result: dict, folder: Path, label: str, loosen: float) -> list[bool]:
+    millions = result["requests"] / 1e6
+    print(f"\n[scale] {result['requests']:,} records, {result['combinations']} combinations: "
+          f"{result['total_s']:.2f} s end to end (imports {result['import_s']:.2f} s, "
+          f"report {result['build_s']:.2f} s; CPU {result['cpu_s']:.2f} s), peak memory "
+          f"{result['peak_rss_bytes'] / 1024**3:.2f} GiB", flush=True)
     assert result["requests"] == RECORDS
     assert not result["errors"]
     for name in ("report.md", "results.json", "all_metrics.csv", "per_inference_request_results.csv"):
         assert (folder / name).is_file()
     assert len(list((folder / "plots").glob("*.png"))) == 8
-    assert result["peak_rss_bytes"] <= TARGET_BYTES
-    assert result["total_s"] <= TARGET_S
+    return [
+        check(f"{label}report_{millions:g}M_s", result["build_s"], TARGET_S_PER_MILLION * max(millions, 1.0),
+              "s", higher_is_better=False, margin=loosen),
+        # Memory does not depend on a busy machine: never loosened.
+        check(f"{label}report_{millions:g}M_peak_gib", result["peak_rss_bytes"] / 1024**3,
+              TARGET_BYTES / 1024**3, "GiB", higher_is_better=False),
+    ]
+
+
+def test_report_from_a_million_records(benchmark, million: tuple[Path, Path]) -> None:
+    folder, config = million
+    result = benchmark.pedantic(lambda: build(folder, config), rounds=1, iterations=1)
+    benchmark.extra_info.update(result)
+    assert all(judge(result, folder, "", margin()))
+
+
+# The CI smoke's allowance. Meant to be 3x the target once the target is met; today a 1 M
+# report takes ~5.9 s on a quiet 2-core machine (the 8 plots are ~3 s of it), so 3x (6 s)
+# would fail by noise: 6x (12 s) fails a doubling of today's time instead.
+SMOKE_REPORT_MARGIN = 6.0
+
+
+@pytest.mark.smoke
+def test_smoke_report(million: tuple[Path, Path]) -> None:
+    """CI: the same report of 1 M records within SMOKE_REPORT_MARGIN x the time target
+    (memory: the target itself)."""
+    folder, config = million
+    assert all(judge(build(folder, config), folder, "smoke_", SMOKE_REPORT_MARGIN))

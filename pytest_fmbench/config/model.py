@@ -177,6 +177,10 @@ class Datasets(Section):
     tokenizer: str | None = None
     max_prompts_per_file: int | None = Field(default=None, ge=1)
     filters: list[DatasetFilter] = Field(default_factory=list)
+    # FMBench: the dataset columns holding the reference answers and the question, for
+    # accuracy (pytest_fmbench.accuracy). Unset: LongBench's "answers" and "input".
+    ground_truth_col_key: str | None = None
+    question_col_key: str | None = None
 
 
 class Metrics(Section):
@@ -547,6 +551,11 @@ class Report(Section):
     latency_budget: float | None = Field(default=None, gt=0)
     cost_per_10k_txn_budget: float | None = Field(default=None, ge=0)
     error_rate_budget: float | None = Field(default=None, ge=0, le=1)
+    # FMBench's accuracy budgets (documented there, read by no FMBench code); enforced by
+    # pytest_fmbench.accuracy.gate. accuracy_budget > 1 is read as a percentage.
+    accuracy_budget: float | None = Field(default=None, ge=0, le=100)
+    accuracy_error_rate_budget: float | None = Field(default=None, ge=0, le=1)
+    cosine_similarity_budget: float | None = Field(default=None, ge=-1, le=1)
 
 
 class Config(Section):
@@ -567,6 +576,12 @@ class Config(Section):
     markers: list[str] = Field(default_factory=list)
     # Budgets on any metric by name (METRICS.md), e.g. {ttft_p95: 0.5}; see budgets.py.
     budgets: dict[str, Any] = Field(default_factory=dict)
+    # FMBench: which notebooks run (``4_get_evaluations.ipynb: yes`` turns judging on) and
+    # the judge panel's settings file (a name in FMBench's configs dir, or inline: ours).
+    run_steps: dict[str, Any] | None = None
+    model_evaluations: str | dict[str, Any] | None = None
+    # Ours: accuracy settings (pytest_fmbench.accuracy.settings validates them).
+    accuracy: dict[str, Any] | None = None
 
     # Set by the loader, not read from YAML.
     source_path: Path | None = Field(default=None, exclude=True)

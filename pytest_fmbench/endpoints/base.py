@@ -17,6 +17,7 @@ class InferenceRequest:
     prompt: str
     parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     prompt_tokens: int | None = None  # counted when the payload file was built
+    payload_id: str = ""              # the payload's id (its dataset record), for accuracy
 
 
 @dataclasses.dataclass
@@ -105,6 +106,14 @@ class EnforcesTimeout(Protocol):
     or with it False, gets the engine's guard."""
 
     enforces_timeout: bool
+
+
+@runtime_checkable
+class KeepsText(Protocol):
+    """A client that may skip decoding the answer text during load (it costs per chunk);
+    accuracy sets ``keep_text = True`` where the text is what it needs."""
+
+    keep_text: bool
 
 
 @runtime_checkable

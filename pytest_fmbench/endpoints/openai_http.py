@@ -207,9 +207,18 @@ def _digest(reads: list[tuple[int, bytes]], result: InferenceResult, shape: list
     shape_len = len(prefix) + len(suffix) if prefix else 1 << 30
     head, tail = len(prefix), -len(suffix)
     pending = b""
+    # Reads without a newline end no event: held and joined once with the read that does
+    # (a 1 MB event over hundreds of reads is copied once, not once per read).
+    held: list[bytes] = []
     crlf: bool | None = None
     for arrived, data in reads:
-        if pending:
+        if b"\n" not in data:
+            held.append(data)
+            continue
+        if held:
+            data = b"".join([pending, *held, data])
+            held.clear()
+        elif pending:
             data = pending + data
         if crlf is None and b"\n" in data:
             crlf = b"\r\n" in data

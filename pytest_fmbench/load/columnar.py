@@ -1,21 +1,22 @@
 """A columnar copy of the records, for reading a million of them in well under a second.
 
 The JSON-lines file stays the record of truth: every record is appended and flushed as it
-completes, so a crash loses nothing finished. ``ColumnarRecordWriter`` also keeps the records
-written since its last checkpoint and, at each checkpoint (the end of a case, and close),
-appends them as one Arrow record batch to a side file next to the JSON lines. Each batch
-carries the byte range of the JSON-lines file it copies, so a reader takes the batches for the
+completes, so a crash loses nothing finished. ``ColumnarRecordWriter`` also appends, every
+1,024 records and at each checkpoint (the end of a case, and close), the lines written since
+its last batch as one Arrow record batch to a side file next to the JSON lines (parsed from
+those lines on a background thread). Each batch carries the byte range of the JSON-lines file it copies, so a reader takes the batches for the
 ranges they cover and parses JSON only for what no batch covers (a crash mid-case, an old run
 without side files). Merging stays a concatenation.
 
 Side file: ``<records file name>.<writer id>.arrows`` (an Arrow IPC stream, batches appended
-and flushed at each checkpoint); one per writer, so several writers never share one.
+and flushed one by one); one per writer, so several writers never share one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import queue
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
@@ -28,6 +29,8 @@ import pyarrow.json as pa_json
 from pytest_fmbench.load.records import RecordWriter, RequestRecord
 
 SIDE_SUFFIX = ".arrows"
+# Records per side-file batch (parsed off the event loop; see ColumnarRecordWriter).
+BATCH_RECORDS = 1024
 _START, _END = b"fmbench.jsonl_start", b"fmbench.jsonl_end"
 
 RECORD_SCHEMA = pa.schema([
@@ -68,8 +71,8 @@ RECORD_SCHEMA = pa.schema([
 def records_to_table(records: Sequence[RequestRecord]) -> pa.Table:
     """An Arrow table of records (the columns of ``RECORD_SCHEMA``; a field the schema does
     not know yet stays in the JSON lines only)."""
-    columns = {name: [getattr(r, name, None) for r in records] for name in RECORD_SCHEMA.names}
-    return pa.Table.from_pydict(columns, schema=RECORD_SCHEMA)
+    # from_pylist over the records' fields: ~10x faster than a Python list per column.
+    return pa.Table.from_pylist([vars(r) for r in records], schema=RECORD_SCHEMA)
 
 
 def unmapped_fields() -> list[str]:
@@ -78,58 +81,91 @@ def unmapped_fields() -> list[str]:
 
 
 class ColumnarRecordWriter(RecordWriter):
-    """A ``RecordWriter`` that also keeps an Arrow copy, appended at each ``checkpoint``."""
+    """A ``RecordWriter`` that also keeps an Arrow copy, appended in batches.
 
-    def __init__(self, path: Path) -> None:
+    Every ``batch_records`` records, and at each ``checkpoint``, the byte range of the JSON
+    lines written since the last batch goes to a background thread, which parses it with
+    Arrow's JSON reader (native code, without the GIL) and appends it to the side file. The
+    load's event loop does no conversion at all (it was ~1.7 µs a record with
+    ``Table.from_pylist``), nothing is kept per record, and the copy is of the very bytes
+    on disk. ``checkpoint`` returns once every batch asked for is written.
+    """
+
+    def __init__(self, path: Path, batch_records: int = BATCH_RECORDS) -> None:
         super().__init__(path)
         self.side_path = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(3)}{SIDE_SUFFIX}")
-        # Byte offsets in the JSON-lines file: where the records since the last checkpoint
-        # start, and where the next one will.
-        self._offset = path.stat().st_size if path.exists() else 0
-        self._pending: list[RequestRecord] = []
-        self._pending_start = self._offset
+        self.batch_records = batch_records
+        # Records written since the last batch, and the byte offset where the first starts.
+        self._unbatched = 0
+        self._pending_start = path.stat().st_size if path.exists() else 0
+        self._jobs: queue.Queue[tuple[int, int] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
         self._side: IO[bytes] | None = None
         self._stream: pa.ipc.RecordBatchStreamWriter | None = None
-        self._side_lock = threading.Lock()
 
     def _opened(self) -> None:
-        self._offset = self.path.stat().st_size
-        if not self._pending:
-            self._pending_start = self._offset
+        if not self._unbatched:
+            self._pending_start = self.size
 
-    def _added(self, record: RequestRecord, line: bytes) -> None:
-        self._offset += len(line)
-        self._pending.append(record)
+    def _added(self, record: RequestRecord) -> None:
+        self._unbatched += 1
+        if self._unbatched >= self.batch_records:
+            self._submit()
+
+    def _submit(self) -> None:
+        """Hand the unbatched range to the batch thread (called under ``_lock``)."""
+        if self.size > self._pending_start:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._batches, name="fmbench-columnar", daemon=True)
+                self._thread.start()
+            self._jobs.put((self._pending_start, self.size))
+        self._pending_start, self._unbatched = self.size, 0
 
     def checkpoint(self) -> None:
-        """Append the records written since the last checkpoint to the side file."""
+        """Append the records written since the last batch to the side file; wait for it."""
         with self._lock:
-            pending, start, end = self._pending, self._pending_start, self._offset
-            self._pending, self._pending_start = [], self._offset
-        if not pending:
-            return
+            self._submit()
+        if self._thread is not None:
+            self._jobs.join()
+
+    def _batches(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                self._write_batch(*job)
+            finally:
+                self._jobs.task_done()
+
+    def _write_batch(self, start: int, end: int) -> None:
         try:
-            batch = records_to_table(pending).combine_chunks().to_batches()[0]
-            with self._side_lock:
-                if self._stream is None:
-                    self._side = open(self.side_path, "wb")  # noqa: SIM115
-                    self._stream = pa.ipc.new_stream(self._side, RECORD_SCHEMA)
-                self._stream.write_batch(batch, custom_metadata={_START: str(start), _END: str(end)})
-                assert self._side is not None
-                self._side.flush()
+            table = _json_range(self.path, start, end)
+            if table is None or not table.num_rows:
+                return
+            batch = table.combine_chunks().to_batches()[0]
+            if self._stream is None:
+                self._side = open(self.side_path, "wb")  # noqa: SIM115
+                self._stream = pa.ipc.new_stream(self._side, RECORD_SCHEMA)
+            self._stream.write_batch(batch, custom_metadata={_START: str(start), _END: str(end)})
+            assert self._side is not None
+            self._side.flush()
         except Exception:  # noqa: BLE001 - the JSON lines hold every record anyway
             return
 
     def close(self) -> None:
         self.checkpoint()
-        with self._side_lock:
-            if self._stream is not None:
-                try:
-                    self._stream.close()
-                finally:
-                    assert self._side is not None
-                    self._side.close()
-                    self._stream = self._side = None
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._stream is not None:
+            try:
+                self._stream.close()
+            finally:
+                assert self._side is not None
+                self._side.close()
+                self._stream = self._side = None
         super().close()
 
 
@@ -179,11 +215,12 @@ def _json_range(path: Path, start: int, end: int) -> pa.Table | None:
         return _parse_jsonl(handle.read(end - start))
 
 
-def _read_one(path: Path) -> list[pa.Table]:
-    """One JSON-lines file: side-file batches for the ranges they cover, JSON for the rest."""
+def _read_one(path: Path, start: int = 0, end: int | None = None) -> list[pa.Table]:
+    """One JSON-lines file (or its bytes ``start:end``, on line boundaries): side-file
+    batches for the ranges they cover, JSON for the rest."""
     parts: list[pa.Table] = []
-    size = path.stat().st_size
-    position = 0
+    size = path.stat().st_size if end is None else min(end, path.stat().st_size)
+    position = start
     batches: list[pa.RecordBatch] = []
 
     def flush(json_upto: int) -> None:
@@ -194,13 +231,13 @@ def _read_one(path: Path) -> list[pa.Table]:
         if table is not None:
             parts.append(table)
 
-    for start, end, batch in _side_batches(path):
-        if start < position or end > size:
-            continue  # a duplicate, or a copy of lines the file lost
-        if start > position:
-            flush(start)
+    for first, last, batch in _side_batches(path):
+        if first < position or last > size:
+            continue  # a duplicate, out of range, or a copy of lines the file lost
+        if first > position:
+            flush(first)
         batches.append(batch)
-        position = end
+        position = last
     flush(size)
     return parts
 
@@ -212,6 +249,12 @@ def read_records_table(paths: Iterable[Path]) -> pa.Table:
         return RECORD_SCHEMA.empty_table()
     # Chunks stay as read: the side files' batches are memory-mapped, not copied.
     return pa.concat_tables(parts)
+
+
+def read_range_table(path: Path, start: int, end: int) -> pa.Table:
+    """The records whose lines lie in bytes ``start:end`` of one JSON-lines file."""
+    parts = _read_one(path, start, end)
+    return pa.concat_tables(parts) if parts else RECORD_SCHEMA.empty_table()
 
 
 def records_files(results_dir: Path) -> list[Path]:

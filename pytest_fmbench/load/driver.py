@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+from array import array
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -83,10 +84,11 @@ class LoadStats:
     cut_off: int = 0
     deadline_hit: bool = False
     # first sent - scheduled (µs) of requests that did not queue, and the waits of those
-    # that did; the retry waits (µs) of requests retried after throttling.
-    dispatch_us: list[int] = dataclasses.field(default_factory=list)
-    queue_wait_us: list[int] = dataclasses.field(default_factory=list)
-    retry_wait_us: list[int] = dataclasses.field(default_factory=list)
+    # that did; the retry waits (µs) of requests retried after throttling. Packed arrays:
+    # 8 bytes a request instead of ~36 in a list of ints (long runs, issue 18).
+    dispatch_us: array[int] = dataclasses.field(default_factory=lambda: array("q"))
+    queue_wait_us: array[int] = dataclasses.field(default_factory=lambda: array("q"))
+    retry_wait_us: array[int] = dataclasses.field(default_factory=lambda: array("q"))
 
     def merge(self, other: LoadStats) -> None:
         self.recorded += other.recorded

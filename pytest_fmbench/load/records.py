@@ -19,6 +19,15 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _json_loads() -> Callable[[bytes], Any]:
+    try:
+        import orjson
+
+        return orjson.loads
+    except ImportError:
+        return json.loads
+
+
 def _json_dumps() -> Callable[[dict[str, Any]], bytes]:
     try:
         import orjson
@@ -32,6 +41,7 @@ def _json_dumps() -> Callable[[dict[str, Any]], bytes]:
 
 
 _DUMPS = _json_dumps()
+_LOADS = _json_loads()
 
 ERROR_CLASSES = (
     "timeout",
@@ -120,8 +130,19 @@ class RequestRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RequestRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = _FIELD_NAMES.get(cls)
+        if names is None:
+            names = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
         return cls(**{k: v for k, v in data.items() if k in names})
+
+    @classmethod
+    def from_json(cls, line: bytes) -> RequestRecord:
+        """A record from one JSON line (``to_json``'s output)."""
+        return cls.from_dict(_LOADS(line))
+
+
+# Field names per record class, looked up once (from_dict runs per record read back).
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
 
 
 class RecordWriter:
@@ -136,24 +157,32 @@ class RecordWriter:
         self._file: IO[bytes] | None = None
         self._lock = threading.Lock()
         self.count = 0
+        # The file's size after the last write: where the next record's line starts.
+        self.size = 0
 
-    def write(self, record: RequestRecord) -> None:
+    def write(self, record: RequestRecord) -> int:
+        """Append and flush one record; returns the byte offset its line starts at."""
         line = record.to_json() + b"\n"
         with self._lock:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(self.path, "ab")  # noqa: SIM115
+                self.size = os.fstat(self._file.fileno()).st_size
                 self._opened()
-            self._added(record, line)
+            start = self.size
             self._file.write(line)
             self._file.flush()
+            self.size = start + len(line)
             self.count += 1
+            self._added(record)
+            return start
 
     def _opened(self) -> None:
         """Called under the lock when the file is (re)opened for appending."""
 
-    def _added(self, record: RequestRecord, line: bytes) -> None:
-        """Called under the lock before each record is written (subclasses' bookkeeping)."""
+    def _added(self, record: RequestRecord) -> None:
+        """Called under the lock after each record is written and flushed (``size`` is the
+        file's new end): subclasses' bookkeeping."""
 
     def write_many(self, records: Iterable[RequestRecord]) -> None:
         for record in records:

@@ -64,8 +64,10 @@ def write_all_metrics(path: Path, metrics: pd.DataFrame, meets: pd.Series | None
     return path
 
 
-def per_request_table(table: pa.Table, info: Mapping[str, Any]) -> pa.Table:
+def per_request_table(table: pa.Table, info: Mapping[str, Any], first_sent: int | None = None) -> pa.Table:
     """FMBench's per_inference_request_results columns (plus ours), one row per request.
+
+    ``first_sent``: the run's first send (ns) when ``table`` is a slice of the records.
 
     FMBench leaves latency / token columns empty for failed requests; so do we, and keep the
     time to failure in our ``elapsed_s``.
@@ -81,7 +83,8 @@ def per_request_table(table: pa.Table, info: Mapping[str, Any]) -> pa.Table:
     completion = pc.cast(table["completion_tokens"], pa.float64())
     tpot = pc.if_else(pc.greater_equal(completion, 2), pc.round(pc.divide(span, pc.subtract(completion, 1)), 7),
                       pa.scalar(None, pa.float64()))
-    first_sent = pc.min(table["sent_ns"]).as_py() if table.num_rows else 0
+    if first_sent is None:
+        first_sent = pc.min(table["sent_ns"]).as_py() if table.num_rows else 0
     retry_wait = (pc.fill_null(table["retry_wait_ns"], 0) if "retry_wait_ns" in table.column_names
                   else pa.array([0] * table.num_rows, pa.int64()))
     null_f = pa.nulls(table.num_rows, pa.float64())
@@ -130,8 +133,25 @@ def per_request_table(table: pa.Table, info: Mapping[str, Any]) -> pa.Table:
     return pa.table(columns)
 
 
+# Rows converted and written at a time: the CSV's memory stays bounded at any record count.
+PER_REQUEST_SLICE = 262_144
+
+
 def write_per_request(path: Path, table: pa.Table, info: Mapping[str, Any]) -> Path:
-    pa_csv.write_csv(per_request_table(table, info), path)
+    if table.num_rows <= PER_REQUEST_SLICE:
+        pa_csv.write_csv(per_request_table(table, info), path)
+        return path
+    first_sent = pc.min(table["sent_ns"]).as_py()
+    writer: pa_csv.CSVWriter | None = None
+    try:
+        for start in range(0, table.num_rows, PER_REQUEST_SLICE):
+            part = per_request_table(table.slice(start, PER_REQUEST_SLICE), info, first_sent)
+            if writer is None:
+                writer = pa_csv.CSVWriter(str(path), part.schema)
+            writer.write_table(part)
+    finally:
+        if writer is not None:
+            writer.close()
     return path
 
 

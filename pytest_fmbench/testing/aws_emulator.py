@@ -26,11 +26,12 @@ import base64
 import contextlib
 import json
 import math
+import re
 import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import unquote
@@ -53,6 +54,8 @@ FAULTS = {
     "bad_json": "the reply (or a stream part) is not JSON",
 }
 
+# The Converse model id, passed to the reply builder inside the body (never sent back).
+_MODEL_KEY = "__emulator_model_id"
 _WORDS = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit",
           "sed", "do", "eiusmod", "tempor", "incididunt", "ut", "labore", "et")
 
@@ -151,6 +154,9 @@ class AwsRuntimeEmulator:
         self.sagemaker_style = sagemaker_style
         self.sagemaker_styles: dict[str, str] = {}
         self.requests: list[LoggedRequest] = []
+        # Scripted Converse replies: ``(model_id, prompt) -> text``, or None for the default
+        # words (a deterministic judge panel: ``pytest_fmbench.testing.judges``).
+        self.converse_reply: Callable[[str, str], str | None] | None = None
         self._faults: list[FaultRule] = []
         self._lock = threading.Lock()
         self._host, self._port = host, port
@@ -274,6 +280,8 @@ class AwsRuntimeEmulator:
         else:
             handlers = {"converse": self._converse, "converse-stream": self._converse_stream,
                         "invoke": self._invoke, "invoke-with-response-stream": self._invoke_stream}
+            if action in ("converse", "converse-stream") and isinstance(body, dict):
+                body = {**body, _MODEL_KEY: target}
             if action in handlers:
                 return await handlers[action](request, body, fault)
         return _error(404, "UnknownOperationException", f"no action {action}")
@@ -438,6 +446,11 @@ class AwsRuntimeEmulator:
             str(part.get("text", "")) for message in body.get("messages", [])
             for part in message.get("content", []) if isinstance(part, dict))
         max_tokens = (body.get("inferenceConfig") or {}).get("maxTokens")
+        scripted = (self.converse_reply(str(body.get(_MODEL_KEY, "")), prompt)
+                    if self.converse_reply is not None else None)
+        if scripted is not None:
+            return _Reply(max(1, len(prompt.encode()) // 4),
+                          re.findall(r"\s*\S+", scripted) or [scripted], fault)
         return self._reply(prompt, max_tokens, fault)
 
     async def _converse_stream(self, request: web.Request, body: Any,

@@ -10,6 +10,10 @@ would be too slow: it streams ``completion_tokens`` chunks after ``ttft_s``, one
 - ``garbage``: a chunk that is not JSON
 - ``drop``: the connection closes before any response
 
+``reply(model, prompt) -> text`` scripts the answer text (a deterministic judge, a scripted
+candidate: ``pytest_fmbench.testing.judges``); usage is then prompt bytes // 4 and one
+completion token per word. ``stats.by_model`` counts requests per ``model``.
+
 ``fault_every=N`` applies the fault to every N-th request only (1 = all).
 
 Auth, like a real gateway: ``api_key`` requires ``Authorization: Bearer <key>`` (vLLM's
@@ -21,9 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +51,7 @@ class ServerBehaviour:
     api_key: str | None = None
     required_headers: dict[str, str] = field(default_factory=dict)
     required_query: dict[str, str] = field(default_factory=dict)
+    reply: Callable[[str, str], str] | None = None
 
     def authorized(self, headers: Any, query: Any) -> bool:
         if self.api_key is not None and headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -58,6 +66,7 @@ class ServerStats:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     # The request headers, kept with the bodies (``keep_bodies``).
     headers: list[dict[str, str]] = field(default_factory=list)
+    by_model: Counter[str] = field(default_factory=Counter)
 
 
 class FakeOpenAIServer:
@@ -145,6 +154,7 @@ class FakeOpenAIServer:
     async def _respond(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.stats.requests += 1
+        self.stats.by_model[str(body.get("model", ""))] += 1
         if self.keep_bodies:
             self.stats.bodies.append(body)
             self.stats.headers.append(dict(request.headers))
@@ -160,6 +170,8 @@ class FakeOpenAIServer:
         if fault in ("throttle", "error_5xx", "error_4xx"):
             status = {"throttle": 429, "error_5xx": 503, "error_4xx": 400}[fault]
             return web.json_response({"error": {"message": fault, "code": status}}, status=status)
+        if b.reply is not None:
+            return await _scripted(request, body, chat, b.reply)
         if not body.get("stream"):
             await asyncio.sleep(b.ttft_s + b.token_delay_s * max(tokens - 1, 0))
             return web.json_response(_complete_body(chat, tokens, b.usage))
@@ -184,6 +196,34 @@ class FakeOpenAIServer:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def _prompt_text(body: dict[str, Any]) -> str:
+    if "prompt" in body:
+        return str(body["prompt"])
+    return "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
+
+
+async def _scripted(request: web.Request, body: dict[str, Any], chat: bool,
+                    reply: Callable[[str, str], str]) -> web.StreamResponse:
+    prompt = _prompt_text(body)
+    text = reply(str(body.get("model", "")), prompt)
+    pieces = re.findall(r"\s*\S+", text) or [text]
+    usage = {"prompt_tokens": max(1, len(prompt.encode()) // 4), "completion_tokens": len(pieces)}
+    if not body.get("stream"):
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}} if chat
+                  else {"index": 0, "text": text})
+        return web.json_response({"choices": [{**choice, "finish_reason": "stop"}], "usage": usage})
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for index, piece in enumerate(pieces):
+        finish = "stop" if index == len(pieces) - 1 else None
+        choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
+        await response.write(_sse({"choices": [{**choice, "finish_reason": finish}]}))
+    await response.write(_sse({"choices": [], "usage": usage}))
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
 
 
 def _sse(payload: dict[str, Any]) -> bytes:
