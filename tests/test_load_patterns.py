@@ -98,9 +98,9 @@ def test_schedule_size_bounds_and_warmup() -> None:
 def test_unknown_arrival_and_pattern() -> None:
     with pytest.raises(ValueError, match="unknown arrival"):
         arrival_offsets(3, 1.0, "uniform")
-    with pytest.raises(KeyError, match="known: concurrency, rate, waves"):
+    with pytest.raises(KeyError, match="known: concurrency, rate, sessions, trace, waves"):
         get_pattern("ramp")
-    assert pattern_names() == ["concurrency", "rate", "waves"]
+    assert pattern_names() == ["concurrency", "rate", "sessions", "trace", "waves"]
 
 
 # -- rate: sends at the deadlines, bounded in flight, excess queued and recorded -----------

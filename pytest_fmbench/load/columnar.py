@@ -56,6 +56,13 @@ RECORD_SCHEMA = pa.schema([
     ("queued", pa.bool_()),
     ("loop_lag_us", pa.int64()),
     ("saturated", pa.bool_()),
+    ("session", pa.int64()),
+    ("turn", pa.int64()),
+    ("target_prompt_tokens", pa.int64()),
+    ("target_completion_tokens", pa.int64()),
+    ("cached_tokens", pa.int64()),
+    ("client_prompt_tokens", pa.int64()),
+    ("client_completion_tokens", pa.int64()),
 ])
 
 

@@ -55,6 +55,11 @@ class RecordContext:
             wave=done.wave, retries=result.retries, retry_wait_ns=result.retry_wait_ns,
             worker=self.worker, itl_us=result.itl_us,
             queued=done.queued, loop_lag_us=done.loop_lag_us, saturated=done.saturated,
+            session=request.session, turn=request.turn,
+            target_prompt_tokens=request.target_prompt_tokens,
+            target_completion_tokens=request.target_completion_tokens,
+            cached_tokens=result.cached_tokens, client_prompt_tokens=result.client_prompt_tokens,
+            client_completion_tokens=result.client_completion_tokens,
         )
 
 

@@ -12,6 +12,20 @@ would be too slow: it streams ``completion_tokens`` chunks after ``ttft_s``, one
 
 ``fault_every=N`` applies the fault to every N-th request only (1 = all).
 
+Generation length and workloads (all off by default, so the server behaves as before):
+
+- ``eos_after=N``: the "model" meets its end-of-sequence token after N tokens, unless the
+  request forces the length like vLLM/SGLang allow: ``ignore_eos: true`` generates exactly
+  ``max_tokens``, ``min_tokens: M`` at least M;
+- ``count_prompt``: a ``(text) -> int`` that counts the prompt for usage (a real tokenizer);
+  default: whitespace-separated words;
+- ``prefix_cache_block=B``: an automatic prefix cache of B-token blocks (tokens: the words
+  of the prompt): usage reports ``prompt_tokens_details.cached_tokens``, the longest run of
+  whole blocks an earlier request already sent;
+- ``reasoning_tokens=R``: R reasoning chunks before the answer, as ``reasoning_content``
+  deltas (chat; ``reasoning_style="field"``) or as ``<think>...</think>`` text
+  (``reasoning_style="think"``, both APIs); counted in ``completion_tokens``.
+
 Auth, like a real gateway: ``api_key`` requires ``Authorization: Bearer <key>`` (vLLM's
 ``--api-key``), ``required_headers`` and ``required_query`` require those exact values;
 a request without them gets HTTP 401.
@@ -24,6 +38,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +59,18 @@ class ServerBehaviour:
     api_key: str | None = None
     required_headers: dict[str, str] = field(default_factory=dict)
     required_query: dict[str, str] = field(default_factory=dict)
+    eos_after: int | None = None
+    count_prompt: Callable[[str], int] | None = None
+    prefix_cache_block: int | None = None
+    reasoning_tokens: int = 0
+    reasoning_style: str = "field"
+
+    def answer_tokens(self, body: dict[str, Any]) -> int:
+        """How many answer tokens this request gets (max_tokens, eos_after, forcing)."""
+        tokens = int(body.get("max_tokens") or self.completion_tokens)
+        if self.eos_after is None or body.get("ignore_eos"):
+            return tokens
+        return min(tokens, max(self.eos_after, int(body.get("min_tokens") or 0)))
 
     def authorized(self, headers: Any, query: Any) -> bool:
         if self.api_key is not None and headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -74,6 +101,7 @@ class FakeOpenAIServer:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
+        self._cached_blocks: set[int] = set()
 
     @property
     def url(self) -> str:
@@ -153,7 +181,7 @@ class FakeOpenAIServer:
             return web.json_response({"error": {"message": "unauthorized", "code": 401}}, status=401)
         fault = b.fault if b.fault and self.stats.requests % max(1, b.fault_every) == 0 else None
         chat = request.path.endswith("/chat/completions")
-        tokens = int(body.get("max_tokens") or b.completion_tokens)
+        tokens = b.answer_tokens(body)
         if fault == "drop":
             request.transport.close()  # type: ignore[union-attr]
             raise asyncio.CancelledError
@@ -166,6 +194,10 @@ class FakeOpenAIServer:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await asyncio.sleep(b.ttft_s)
+        usage = self._usage(body, tokens)
+        for piece in _reasoning_pieces(chat, b):
+            await response.write(_sse(piece))
+            await asyncio.sleep(b.token_delay_s)
         for index in range(tokens):
             if index:
                 await asyncio.sleep(b.token_delay_s)
@@ -179,11 +211,45 @@ class FakeOpenAIServer:
             if fault == "stall":
                 await asyncio.sleep(b.stall_s)
         if b.usage:
-            await response.write(_sse({"choices": [], "usage": {
-                "prompt_tokens": _prompt_tokens(body), "completion_tokens": tokens}}))
+            await response.write(_sse({"choices": [], "usage": usage}))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+    def _usage(self, body: dict[str, Any], tokens: int) -> dict[str, Any]:
+        b = self.behaviour
+        prompt = _prompt_text(body)
+        usage: dict[str, Any] = {
+            "prompt_tokens": b.count_prompt(prompt) if b.count_prompt else max(1, len(prompt.split())),
+            "completion_tokens": tokens + b.reasoning_tokens}
+        if b.prefix_cache_block:
+            usage["prompt_tokens_details"] = {"cached_tokens": self._cache(prompt.split())}
+        return usage
+
+    def _cache(self, words: list[str]) -> int:
+        """Tokens of ``words`` in whole blocks an earlier prompt already had (then cached)."""
+        block = self.behaviour.prefix_cache_block or 1
+        cached, hit = 0, True
+        for end in range(block, len(words) + 1, block):
+            key = hash(tuple(words[:end]))
+            if hit and key in self._cached_blocks:
+                cached = end
+            else:
+                hit = False
+                self._cached_blocks.add(key)
+        return cached
+
+
+def _reasoning_pieces(chat: bool, b: ServerBehaviour) -> list[dict[str, Any]]:
+    if not b.reasoning_tokens:
+        return []
+    if b.reasoning_style == "think":
+        texts = ["<think>", *(f" r{i}" for i in range(b.reasoning_tokens - 2)), "</think>"]
+        return [({"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]} if chat
+                 else {"choices": [{"index": 0, "text": t, "finish_reason": None}]}) for t in texts]
+    return [{"choices": [{"index": 0, "delta": {"reasoning_content": f" r{i}"}, "finish_reason": None}]}
+            for i in range(b.reasoning_tokens)]
 
 
 def _sse(payload: dict[str, Any]) -> bytes:
@@ -207,9 +273,8 @@ def _complete_body(chat: bool, tokens: int, usage: bool) -> dict[str, Any]:
     return body
 
 
-def _prompt_tokens(body: dict[str, Any]) -> int:
-    prompt = body.get("prompt") or " ".join(m.get("content", "") for m in body.get("messages", []))
-    return max(1, len(str(prompt).split()))
+def _prompt_text(body: dict[str, Any]) -> str:
+    return str(body.get("prompt") or " ".join(m.get("content", "") for m in body.get("messages", [])))
 
 
 def main(argv: list[str] | None = None) -> None:
