@@ -384,7 +384,7 @@ def test_time_to_first_answer_token_after_reasoning(tmp_path: Path, style: str, 
     with FakeOpenAIServer(behaviour) as server:
         cfg = config(tmp_path, server.url, """\
             - {payload_file: w.jsonl, kind: synthetic, requests: 3, input_tokens: 10,
-               output_tokens: 3}
+               output_tokens: 8}
             """, api=api, concurrency=1)
         _, records = run_workload(cfg, tmp_path)
     for record in records:
@@ -441,3 +441,52 @@ def test_a_workload_and_a_filter_cannot_share_a_payload_file(tmp_path: Path) -> 
             filters:
             - {payload_file: w.jsonl}
             """)
+
+
+# -- through the plugin: cases, records, report ------------------------------------------------
+
+def test_workloads_run_as_cases_and_the_report_shows_lengths_and_turns(
+        pytester: pytest.Pytester) -> None:
+    from tests.e2e_support import BENCHMARK_TEST, INNER_ARGS
+
+    behaviour = ServerBehaviour(eos_after=2, prefix_cache_block=4, reasoning_tokens=3,
+                                token_delay_s=0.002)
+    with FakeOpenAIServer(behaviour) as server:
+        pytester.makepyfile(test_bench=BENCHMARK_TEST)
+        pytester.makefile(".yml", cfg=textwrap.dedent(f"""\
+            general: {{name: workloads}}
+            datasets:
+              workloads:
+              - {{payload_file: synth.jsonl, kind: synthetic, requests: 4, input_tokens: 40,
+                 output_tokens: 6}}
+              - {{payload_file: chat.jsonl, kind: sessions, requests: 2, turns: 3,
+                 input_tokens: 8, output_tokens: 3}}
+            load: {{warmup_requests: 0, min_iters_per_combination: 1, max_iters_per_combination: 4}}
+            experiments:
+            - name: vllm
+              backend: openai
+              deploy: no
+              price_per_hour: 1.0
+              openai: {{base_url: "{server.url}", api: chat}}
+              payload_files: [synth.jsonl, chat.jsonl]
+              concurrency_levels: [2]
+            """))
+        result = pytester.runpytest(*INNER_ARGS, "--fmbench-config=cfg.yml",
+                                    "--fmbench-results-dir=out", "-v")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*vllm-synth-c2*PASSED*", "*vllm-chat-c2*PASSED*"])
+    report = (pytester.path / "out" / "report.md").read_text()
+    section = report[report.index("## Workloads"):report.index("## Plots")]
+    assert "### Requested vs actual lengths" in section
+    # ignore_eos (the default for an OpenAI-compatible server) made every output exact.
+    assert "| vllm | synth.jsonl | 2 | 40.0 |" in section and "| 6.0 | 6.0 | 100.00 % |" in section
+    assert "### Prefix cache" in section and "### Reasoning: time to first answer token" in section
+    sessions = section[section.index("### Multi-turn sessions"):]
+    assert "| vllm | chat.jsonl | 2 | 2 | 2 | 3.0 |" in sessions  # 2 sessions, completed, 3 turns
+    turns = [line for line in sessions[sessions.index("Per turn"):].splitlines()
+             if line.startswith("| vllm | chat.jsonl | 2 | ")]
+    assert [line.split(" | ")[3:6] for line in turns] == [["0", "2", "0"], ["1", "2", "0"],
+                                                          ["2", "2", "0"]]
+    metrics = json.loads((pytester.path / "out" / "results.json").read_text())["metrics"]
+    synth = next(m for m in metrics if m["payload_file"] == "synth.jsonl")
+    assert synth["completion_length_hit_rate"] == 1.0 and synth["ttfat_p50"] > synth["TTFT_p50"]

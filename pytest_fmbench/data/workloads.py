@@ -68,7 +68,9 @@ class _Builder:
         self.parameters = dict(parameters)
         self.force = list(force_output)
         self.base_dir = base_dir
-        self.rng = random.Random(workload.seed)
+        # The payload file is in the seed: two workloads never share text by accident (a
+        # prefix cache would serve one from the other).
+        self.rng = random.Random(f"{workload.seed}:{workload.payload_file}")
         self._text: ExactLengthText | None = None
 
     @property
@@ -239,7 +241,8 @@ class _Builder:
             block = blocks.get(hash_id)
             if block is None:
                 block = blocks[hash_id] = self.text.words(
-                    size, random.Random(f"{self.workload.seed}:{hash_id}"))
+                    size, random.Random(f"{self.workload.seed}:{self.workload.payload_file}:"
+                                        f"{hash_id}"))
             if left >= size:
                 words += block
                 left -= size

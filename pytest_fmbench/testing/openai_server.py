@@ -24,7 +24,8 @@ Generation length and workloads (all off by default, so the server behaves as be
   whole blocks an earlier request already sent;
 - ``reasoning_tokens=R``: R reasoning chunks before the answer, as ``reasoning_content``
   deltas (chat; ``reasoning_style="field"``) or as ``<think>...</think>`` text
-  (``reasoning_style="think"``, both APIs); counted in ``completion_tokens``.
+  (``reasoning_style="think"``, both APIs); they count against ``max_tokens`` and in
+  ``completion_tokens``, as in vLLM (the answer gets at least one token).
 
 Auth, like a real gateway: ``api_key`` requires ``Authorization: Bearer <key>`` (vLLM's
 ``--api-key``), ``required_headers`` and ``required_query`` require those exact values;
@@ -195,7 +196,10 @@ class FakeOpenAIServer:
         await response.prepare(request)
         await asyncio.sleep(b.ttft_s)
         usage = self._usage(body, tokens)
-        for piece in _reasoning_pieces(chat, b):
+        # Reasoning counts against max_tokens, as in vLLM: the answer gets the rest.
+        reasoning = _reasoning_pieces(chat, b, tokens)
+        tokens -= len(reasoning)
+        for piece in reasoning:
             await response.write(_sse(piece))
             await asyncio.sleep(b.token_delay_s)
         for index in range(tokens):
@@ -222,7 +226,7 @@ class FakeOpenAIServer:
         prompt = _prompt_text(body)
         usage: dict[str, Any] = {
             "prompt_tokens": b.count_prompt(prompt) if b.count_prompt else max(1, len(prompt.split())),
-            "completion_tokens": tokens + b.reasoning_tokens}
+            "completion_tokens": tokens}
         if b.prefix_cache_block:
             usage["prompt_tokens_details"] = {"cached_tokens": self._cache(prompt.split())}
         return usage
@@ -241,15 +245,17 @@ class FakeOpenAIServer:
         return cached
 
 
-def _reasoning_pieces(chat: bool, b: ServerBehaviour) -> list[dict[str, Any]]:
-    if not b.reasoning_tokens:
+def _reasoning_pieces(chat: bool, b: ServerBehaviour, tokens: int) -> list[dict[str, Any]]:
+    """The reasoning chunks of one answer of ``tokens`` tokens (at least one is answer)."""
+    count = min(b.reasoning_tokens, tokens - 1)
+    if count < (2 if b.reasoning_style == "think" else 1):
         return []
     if b.reasoning_style == "think":
-        texts = ["<think>", *(f" r{i}" for i in range(b.reasoning_tokens - 2)), "</think>"]
+        texts = ["<think>", *(f" r{i}" for i in range(count - 2)), "</think>"]
         return [({"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]} if chat
                  else {"choices": [{"index": 0, "text": t, "finish_reason": None}]}) for t in texts]
     return [{"choices": [{"index": 0, "delta": {"reasoning_content": f" r{i}"}, "finish_reason": None}]}
-            for i in range(b.reasoning_tokens)]
+            for i in range(count)]
 
 
 def _sse(payload: dict[str, Any]) -> bytes:
