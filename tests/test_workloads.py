@@ -490,3 +490,41 @@ def test_workloads_run_as_cases_and_the_report_shows_lengths_and_turns(
     metrics = json.loads((pytester.path / "out" / "results.json").read_text())["metrics"]
     synth = next(m for m in metrics if m["payload_file"] == "synth.jsonl")
     assert synth["completion_length_hit_rate"] == 1.0 and synth["ttfat_p50"] > synth["TTFT_p50"]
+
+
+# -- <think> text and cached tokens in the stream parser ---------------------------------------
+
+def _think_stream(texts: list[str], usage: dict[str, Any] | None = None) -> Any:
+    from pytest_fmbench.endpoints.base import InferenceResult
+    from pytest_fmbench.endpoints.openai_http import _digest
+
+    reads = []
+    for index, text in enumerate(texts):
+        finish = "stop" if index == len(texts) - 1 else None
+        chunk = {"choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+        reads.append((1_000_000 * (index + 1), b"data: " + json.dumps(chunk).encode() + b"\n\n"))
+    if usage:
+        reads.append((1_000_000 * (len(texts) + 1),
+                      b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n"))
+    result = InferenceResult(sent_ns=0, last_byte_ns=0)
+    _digest(reads, result, [b"", b""], True)
+    return result
+
+
+def test_think_text_split_across_chunks_marks_the_first_answer_token() -> None:
+    # "<think>" arrives in two pieces; the answer starts at the 6th chunk (after whitespace).
+    result = _think_stream(["<", "think>", " hmm", " ok", "</think>", "\n", "Yes", " indeed"])
+    assert result.first_reasoning_ns == 1_000_000
+    assert result.first_token_ns == 7_000_000
+    plain = _think_stream(["Yes", " <think> is", " quoted"])
+    assert plain.first_reasoning_ns is None and plain.first_token_ns == 1_000_000
+
+
+def test_reasoning_only_has_no_first_answer_token_and_cached_tokens_are_read() -> None:
+    usage = {"prompt_tokens": 9, "completion_tokens": 3,
+             "prompt_tokens_details": {"cached_tokens": 8}}
+    result = _think_stream(["<think>", " hmm", "</think>"], usage)
+    assert result.first_reasoning_ns == 1_000_000 and result.first_token_ns is None
+    assert (result.cached_tokens, result.token_source) == (8, "server")
+    assert _think_stream(["a"], {"prompt_tokens": 1, "completion_tokens": 1,
+                                 "prompt_tokens_details": None}).cached_tokens is None
