@@ -490,6 +490,14 @@ def test_workloads_run_as_cases_and_the_report_shows_lengths_and_turns(
     metrics = json.loads((pytester.path / "out" / "results.json").read_text())["metrics"]
     synth = next(m for m in metrics if m["payload_file"] == "synth.jsonl")
     assert synth["completion_length_hit_rate"] == 1.0 and synth["ttfat_p50"] > synth["TTFT_p50"]
+    import csv
+
+    with (pytester.path / "out" / "per_inference_request_results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    chat = [r for r in rows if r["payload_file"] == "chat.jsonl"]
+    assert sorted(r["turn"] for r in chat) == ["0", "0", "1", "1", "2", "2"]
+    assert all(float(r["time_to_first_answer_token"]) > float(r["time_to_first_token"])
+               for r in rows)
 
 
 # -- <think> text and cached tokens in the stream parser ---------------------------------------
