@@ -375,9 +375,12 @@ class BenchmarkRun:
         # Every pattern (waves, concurrency, rate) runs through the load engine (load/).
         plan = plan_load(settings, case.concurrency, len(requests))
         workload = self.config.datasets.workload(case.payload_file)
+        expected = plan.requests or plan.waves * plan.concurrency
         if workload is not None:
             plan = workload_plan(plan, workload, settings.requests)
-        self._check_case_spend(case, plan.requests or plan.waves * plan.concurrency)
+            if plan.pattern in ("trace", "sessions"):  # every entry / every turn, once
+                expected = sum(1 + len(r.followups) for r in requests[:plan.requests])
+        self._check_case_spend(case, expected)
         context = RecordContext(self.run_id, case.experiment, case.payload_file,
                                 case.concurrency, case.id, self.worker)
         records: list[RequestRecord] = []

@@ -54,7 +54,7 @@ def server_count(tokenizer_dir: Path) -> Any:
 
 def config(tmp_path: Path, url: str, workloads: str, *, concurrency: int = 2, load: str = "",
            tokenizer: Path | None = None, api: str = "completions", payload: str = "w.jsonl",
-           extra: str = "") -> Config:
+           extra: str = "", max_iters: int = 1000) -> Config:
     text = textwrap.dedent("""\
         datasets:
           tokenizer: {tokenizer}
@@ -62,7 +62,7 @@ def config(tmp_path: Path, url: str, workloads: str, *, concurrency: int = 2, lo
         {workloads}
         inference_parameters:
           p: {{max_new_tokens: 7}}
-        load: {{warmup_requests: 0, min_iters_per_combination: 1, max_iters_per_combination: 1000{load}}}
+        load: {{warmup_requests: 0, min_iters_per_combination: 1, max_iters_per_combination: {max_iters}{load}}}
         experiments:
         - name: e
           backend: openai
@@ -72,7 +72,7 @@ def config(tmp_path: Path, url: str, workloads: str, *, concurrency: int = 2, lo
           payload_files: [{payload}]
           concurrency_levels: [{concurrency}]
         {extra}""").format(tokenizer=tokenizer or "null", url=url, api=api, payload=payload,
-                           concurrency=concurrency, load=load, extra=extra,
+                           concurrency=concurrency, load=load, extra=extra, max_iters=max_iters,
                            workloads=textwrap.indent(textwrap.dedent(workloads), "  "))
     parsed = Config.model_validate(yaml.safe_load(text))
     parsed.source_path = tmp_path / "cfg.yml"
@@ -536,3 +536,33 @@ def test_reasoning_only_has_no_first_answer_token_and_cached_tokens_are_read() -
     assert (result.cached_tokens, result.token_source) == (8, "server")
     assert _think_stream(["a"], {"prompt_tokens": 1, "completion_tokens": 1,
                                  "prompt_tokens_details": None}).cached_tokens is None
+
+
+def test_case_timeouts_cover_a_trace_and_sessions(tmp_path: Path) -> None:
+    from pytest_fmbench.timeouts import (
+        MARGIN_FACTOR,
+        SETUP_MARGIN_S,
+        case_timeout_s,
+        teardown_bound_s,
+    )
+
+    # A 2-hour trace at speed 2 runs an hour: longer than the waves bound (105 x 5 s).
+    (tmp_path / "t.jsonl").write_text('{"timestamp": 0, "input_length": 5, "output_length": 1}\n'
+                                      '{"timestamp": 7200000, "input_length": 5, "output_length": 1}\n')
+    cfg = config(tmp_path, "http://127.0.0.1:9", """\
+        - {payload_file: w.jsonl, kind: trace, path: t.jsonl, speed: 2}
+        """, load=", request_timeout_s: 5", concurrency=4, max_iters=2)
+    assert case_timeout_s(cfg, cfg.experiments[0]) == pytest.approx(
+        (3600 + 5 * 4 + teardown_bound_s(cfg.experiments[0])) * MARGIN_FACTOR + SETUP_MARGIN_S,
+        abs=1)
+    sessions = config(tmp_path, "http://127.0.0.1:9", """\
+        - {payload_file: w.jsonl, kind: sessions, requests: 8, turns: 300, input_tokens: 5,
+           output_tokens: 5, think_time_s: 1}
+        """, load=", request_timeout_s: 5", concurrency=4, max_iters=2)
+    assert case_timeout_s(sessions, sessions.experiments[0]) == pytest.approx(
+        (2 * 300 * 6 + teardown_bound_s(cfg.experiments[0])) * MARGIN_FACTOR + SETUP_MARGIN_S,
+        abs=1)
+    unknown = config(tmp_path, "http://127.0.0.1:9", """\
+        - {payload_file: w.jsonl, kind: sessions, path: chats.json}
+        """)
+    assert case_timeout_s(unknown, unknown.experiments[0]) is None
