@@ -267,8 +267,13 @@ class BenchmarkRun:
         key = (experiment.name, payload_file)
         workload = self.config.datasets.workload(payload_file)
         if key not in self._requests and workload is not None:
-            from pytest_fmbench.data.workloads import build_workload, default_force_output
+            from pytest_fmbench.data.workloads import (
+                build_workload,
+                check_backend,
+                default_force_output,
+            )
 
+            check_backend(workload, experiment.resolved_backend, experiment.name)
             force = workload.force_output
             self._requests[key] = build_workload(
                 workload, counter=self.counter, parameters=self.config.parameters_for(experiment),

@@ -566,3 +566,14 @@ def test_case_timeouts_cover_a_trace_and_sessions(tmp_path: Path) -> None:
         - {payload_file: w.jsonl, kind: sessions, path: chats.json}
         """)
     assert case_timeout_s(unknown, unknown.experiments[0]) is None
+
+
+def test_sessions_need_an_openai_compatible_backend(tmp_path: Path) -> None:
+    cfg = config(tmp_path, "http://127.0.0.1:9", """\
+        - {payload_file: w.jsonl, kind: sessions, requests: 1, turns: 2, input_tokens: 5,
+           output_tokens: 5}
+        """)
+    cfg.experiments[0].backend = "bedrock"
+    run = BenchmarkRun(cfg, run_id="r", results_dir=tmp_path / "out", log=lambda line: None)
+    with pytest.raises(ConfigError, match="only OpenAI-compatible backends"):
+        run.requests_for(cfg.experiments[0], "w.jsonl")

@@ -49,6 +49,16 @@ def default_force_output(backend: str | None) -> list[str]:
     return ["ignore_eos"] if backend == "openai" else []
 
 
+def check_backend(workload: Workload, backend: str | None, experiment: str) -> None:
+    """Sessions send chat histories: only the OpenAI-compatible clients send messages."""
+    if workload.kind == "sessions" and backend not in ("openai", "local"):
+        raise ConfigError(
+            f"experiment '{experiment}' ({backend or 'no'} backend) cannot run the sessions "
+            f"workload '{workload.payload_file}': only OpenAI-compatible backends (openai, "
+            "local) send chat histories", key=WORKLOADS_KEY,
+            fix="use the workload with an openai or local experiment")
+
+
 def build_workload(workload: Workload, *, counter: TokenCounter, parameters: Mapping[str, Any],
                    force_output: Sequence[str], base_dir: Path) -> list[InferenceRequest]:
     """The requests of one workload for one experiment (its ``parameters``)."""
