@@ -425,8 +425,8 @@ def test_token_count_mismatch_between_server_usage_and_tokenizer(
     ("{payload_file: w.jsonl, kind: shared_prefix, prefixes: 2}", "'suffixes'"),
     ("{payload_file: w.jsonl, kind: trace}", "needs 'path'"),
     ("{payload_file: w.jsonl, kind: sessions}", "'turns'"),
-    ("{payload_file: w.jsonl, kind: synthetic, input_tokens: {mean: 5, values: [1]}, "
-     "output_tokens: 1}", "either 'mean'"),
+    (("{payload_file: w.jsonl, kind: synthetic, input_tokens: {mean: 5, values: [1]}, "
+      "output_tokens: 1}"), "either 'mean'"),
     ("{payload_file: w.jsonl, kind: replay}", "kind"),
 ])
 def test_workload_config_errors(tmp_path: Path, entry: str, message: str) -> None:

@@ -13,6 +13,8 @@ import random
 import re
 from typing import Any
 
+from pytest_fmbench.data.tokens import TokenCounter
+
 MIN_CONTEXT_WORDS = 15
 MAX_CONTEXT_WORDS = 3500
 
@@ -133,7 +135,7 @@ class ExactLengthText:
     still lands within a token where any text can.
     """
 
-    def __init__(self, counter: Any, *, vocabulary: int = 4000) -> None:
+    def __init__(self, counter: TokenCounter, *, vocabulary: int = 4000) -> None:
         words = sorted({w for s in _prose_sentences() for w in s.split() if w.isalpha()})
         rng = random.Random(0)
         rng.shuffle(words)

@@ -32,8 +32,9 @@ from pytest_fmbench.data.synthetic import ExactLengthText, sample_lengths
 from pytest_fmbench.data.tokens import TokenCounter
 from pytest_fmbench.endpoints.base import InferenceRequest
 from pytest_fmbench.errors import ConfigError
-# The keys a parameter set may carry the output length in (the first found is set).
-from pytest_fmbench.safety.spend import OUTPUT_TOKEN_KEYS
+from pytest_fmbench.safety.spend import (
+    OUTPUT_TOKEN_KEYS,  # the first one a parameter set has is set
+)
 
 WORKLOADS_KEY = "datasets.workloads"
 # Which workload kinds need their own load pattern (the rest use the configured one).
@@ -63,7 +64,10 @@ def build_workload(workload: Workload, *, counter: TokenCounter, parameters: Map
                    force_output: Sequence[str], base_dir: Path) -> list[InferenceRequest]:
     """The requests of one workload for one experiment (its ``parameters``)."""
     builder = _Builder(workload, counter, parameters, force_output, base_dir)
-    requests = getattr(builder, workload.kind)()
+    kinds = {"synthetic": builder.synthetic, "sharegpt": builder.sharegpt,
+             "shared_prefix": builder.shared_prefix, "trace": builder.trace,
+             "sessions": builder.sessions}
+    requests = kinds[workload.kind]()
     if not requests:
         raise ConfigError(f"workload '{workload.payload_file}' produced no request",
                           key=WORKLOADS_KEY, fix="check its file and its sizes")

@@ -59,9 +59,9 @@ def workload_section(metrics: pd.DataFrame, records: pa.Table) -> list[str]:
     lengths = _any(metrics, "target_prompt_tokens_mean", "target_completion_tokens_mean")
     if not lengths.empty:
         parts += ["### Requested vs actual lengths\n",
-                  "Prompt tokens as the server counted them (a BOS token or a chat template "
-                  "adds a few); output tokens with the length forced where the server allows "
-                  "it (`force_output`).\n"]
+                  ("Prompt tokens as the server counted them (a BOS token or a chat template "
+                   "adds a few); output tokens with the length forced where the server allows "
+                   "it (`force_output`).\n")]
         parts += _table(["experiment", "payload file", "c", "prompt asked", "prompt actual",
                          "output asked", "output actual", "exact outputs"],
                         [[*_keys(r), _cell(r.get("target_prompt_tokens_mean"), "tokens"),
@@ -72,8 +72,8 @@ def workload_section(metrics: pd.DataFrame, records: pa.Table) -> list[str]:
                          for _, r in lengths.iterrows()])
     cached = _has(metrics, "cache_hit_rate")
     if not cached.empty:
-        parts += ["### Prefix cache\n", "From the server's "
-                  "`usage.prompt_tokens_details.cached_tokens`.\n"]
+        parts += ["### Prefix cache\n",
+                  "From the server's `usage.prompt_tokens_details.cached_tokens`.\n"]
         parts += _table(["experiment", "payload file", "c", "cached tokens (mean)", "cache hit rate"],
                         [[*_keys(r), _cell(r["cached_tokens_mean"], "tokens"),
                           _cell(r["cache_hit_rate"], "fraction")] for _, r in cached.iterrows()])
@@ -82,8 +82,8 @@ def workload_section(metrics: pd.DataFrame, records: pa.Table) -> list[str]:
         else metrics.iloc[0:0]
     if not reasoning.empty:
         parts += ["### Reasoning: time to first answer token\n",
-                  "TTFT counts the first generated token of any kind; TTFAT the first token of "
-                  "the answer after the reasoning.\n"]
+                  ("TTFT counts the first generated token of any kind; TTFAT the first token "
+                   "of the answer after the reasoning.\n")]
         parts += _table(["experiment", "payload file", "c", "TTFT p50", "TTFAT p50", "TTFAT p95"],
                         [[*_keys(r), _cell(r["ttft_p50"], "s"), _cell(r["ttfat_p50"], "s"),
                           _cell(r["ttfat_p95"], "s")] for _, r in reasoning.iterrows()])
