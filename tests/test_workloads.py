@@ -278,8 +278,19 @@ def write_trace(path: Path, count: int, gap_ms: float) -> None:
 
 
 def test_trace_replay_sends_1000_requests_in_order_at_their_offsets(
-        tmp_path: Path, tokenizer_dir: Path, counter: TokenCounter) -> None:
+        tmp_path: Path, tokenizer_dir: Path, counter: TokenCounter,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_fmbench.endpoints.openai_http import OpenAIClient
+
     write_trace(tmp_path / "trace.jsonl", 1000, gap_ms=4.0)
+    invoked: list[int | None] = []  # offsets, in the order the client was called
+    original = OpenAIClient.invoke
+
+    async def invoke(self: OpenAIClient, request: Any) -> Any:
+        invoked.append(request.offset_ns)
+        return await original(self, request)
+
+    monkeypatch.setattr(OpenAIClient, "invoke", invoke)
     with FakeOpenAIServer(ServerBehaviour(), keep_bodies=True) as server:
         cfg = config(tmp_path, server.url, """\
             - {payload_file: w.jsonl, kind: trace, path: trace.jsonl, speed: 2.0,
@@ -293,13 +304,12 @@ def test_trace_replay_sends_1000_requests_in_order_at_their_offsets(
     assert [q.offset_ns for q in requests[:3]] == [0, 2_000_000, 4_000_000]
     start = records[0].scheduled_ns
     assert all(r.scheduled_ns - start == requests[r.request_id].offset_ns for r in records)
-    # In order: requests are handed to the client in trace order; one reaches the socket
-    # after a later one only when it waited for a new connection meanwhile (the pool opens
-    # them as the load needs; a stalled accept on this loaded, in-process server shows here).
+    # In order: the client is called in trace order. (One may still reach the socket after a
+    # later one when it waited for a new connection meanwhile: reported, not asserted.)
+    assert invoked == sorted(q.offset_ns or 0 for q in requests)
     sent = [r.sent_ns for r in records]  # by request id = trace order
     later_min = np.minimum.accumulate(np.array(sent[::-1]))[::-1]
     overtaken = sum(1 for i in range(999) if later_min[i + 1] < sent[i])
-    assert overtaken <= 100
     late_ms = np.array([(r.sent_ns - r.scheduled_ns) / 1e6 for r in records])
     assert late_ms.min() >= 0  # never early
     print(f"\ntrace replay, 1000 requests at 500/s against the in-process test server: "
