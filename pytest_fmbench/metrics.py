@@ -62,6 +62,9 @@ _LIST: list[Metric] = [
     Metric("error_rate", "fraction", "lower", "failed / total"),
     *_family("latency", "latency", "s", "end to end: `last_byte − sent`, successful requests"),
     *_family("ttft", "time to first token", "s", "`first_token − sent`, successful streamed requests"),
+    *_family("ttfat", "time to first answer token", "s",
+             "`first answer token − sent`: a reasoning model's answer after its reasoning "
+             "(`reasoning_content` deltas or `<think>` text); equal to TTFT otherwise"),
     *_family("tpot", "time per output token", "s",
              "`(last_byte − first_token) / (completion_tokens − 1)`, completion_tokens ≥ 2"),
     *_family("itl", "inter-token latency", "s",
@@ -89,6 +92,25 @@ _LIST: list[Metric] = [
     Metric("completion_token_count_mean", "tokens", "none", "mean completion tokens of successful requests"),
     Metric("goodput", "req/s", "higher",
            "successful requests meeting every configured per-request SLO / duration"),
+    # Workloads (docs/workloads.md): prefix cache, token-count mismatch, requested lengths.
+    Metric("cached_tokens_mean", "tokens", "none",
+           "mean prompt tokens the server served from its prefix cache "
+           "(`usage.prompt_tokens_details.cached_tokens`), successful requests that report it"),
+    Metric("cache_hit_rate", "fraction", "higher",
+           "Σ cached tokens / Σ prompt tokens over successful requests that report cached tokens"),
+    Metric("prompt_token_mismatch_mean", "tokens", "none",
+           "mean of server-reported − tokenizer-counted prompt tokens (chat templates and BOS "
+           "show here), successful requests with both counts"),
+    Metric("completion_token_mismatch_mean", "tokens", "none",
+           "mean of server-reported − tokenizer-counted completion tokens, successful requests "
+           "with both counts"),
+    Metric("target_prompt_tokens_mean", "tokens", "none",
+           "mean prompt length the workload asked for (synthetic, shared prefix, trace)"),
+    Metric("target_completion_tokens_mean", "tokens", "none",
+           "mean output length the workload asked for (`max_tokens`, forced where the server allows)"),
+    Metric("completion_length_hit_rate", "fraction", "higher",
+           "share of successful requests with an asked output length whose completion_tokens "
+           "equal it"),
     Metric("price_per_hour", "USD/h", "lower", "instance-priced: hourly price × instance count"),
     Metric("price_per_txn", "USD", "lower",
            "instance-priced: price_per_hour / (TPM × 60), undefined when TPM is 0; token-priced: "
@@ -100,7 +122,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in _LIST}
 
 # Per-request SLOs behind goodput: a budget on any of these families is also a per-request
 # threshold (a request meets it when its own value is at or under the threshold).
-SLO_FAMILIES = ("latency", "ttft", "tpot")
+SLO_FAMILIES = ("latency", "ttft", "ttfat", "tpot")
 
 
 def slo_thresholds(budgets: Mapping[str, float]) -> dict[str, float]:
@@ -144,7 +166,10 @@ def request_frame(table: pa.Table) -> pd.DataFrame:
     # Older records have no retry_wait_ns: 0 (their sent is the first send too).
     retry_wait = np.nan_to_num(_float(table["retry_wait_ns"])) if "retry_wait_ns" in table.column_names \
         else np.zeros(table.num_rows)
-    tpot_span = _seconds(table["last_byte_ns"], table["first_token_ns"])
+    # TTFT and TPOT start at the first generated token of any kind (a reasoning model's
+    # reasoning included); TTFAT at the first answer token (``first_token_ns``).
+    first_any = _first_generated(table)
+    tpot_span = _seconds(table["last_byte_ns"], first_any)
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot = np.where(completion >= 2, tpot_span / (completion - 1), np.nan)
     frame = pd.DataFrame({
@@ -153,7 +178,8 @@ def request_frame(table: pa.Table) -> pd.DataFrame:
         "concurrency": table["concurrency"].to_numpy(),
         "ok": np.asarray(pc.equal(pc.fill_null(table["error"], ""), "").to_numpy(zero_copy_only=False), dtype=bool),
         "latency_s": _seconds(table["last_byte_ns"], table["sent_ns"]),
-        "ttft_s": _seconds(table["first_token_ns"], table["sent_ns"]),
+        "ttft_s": _seconds(first_any, table["sent_ns"]),
+        "ttfat_s": _seconds(table["first_token_ns"], table["sent_ns"]),
         "tpot_s": tpot,
         "client_queue_s": _seconds(table["sent_ns"], table["scheduled_ns"]) - retry_wait / 1e9,
         "retry_wait_s": retry_wait / 1e9,
@@ -165,7 +191,42 @@ def request_frame(table: pa.Table) -> pd.DataFrame:
         "sent_ns": table["sent_ns"].to_numpy(),
         "last_byte_ns": table["last_byte_ns"].to_numpy(),
     })
+    for column in WORKLOAD_COLUMNS:
+        frame[column] = _float(table[column]) if column in table.column_names \
+            else np.full(table.num_rows, np.nan)
     return frame
+
+
+# Record fields of workloads (data/workloads.py) the per-combination metrics read.
+WORKLOAD_COLUMNS = ("cached_tokens", "client_prompt_tokens", "client_completion_tokens",
+                    "target_prompt_tokens", "target_completion_tokens")
+
+
+def _first_generated(table: pa.Table) -> pa.ChunkedArray | pa.Array:
+    if "first_reasoning_ns" not in table.column_names:
+        return table["first_token_ns"]
+    return pc.min_element_wise(table["first_token_ns"], table["first_reasoning_ns"],
+                               skip_nulls=True)
+
+
+def _workload_metrics(out: pd.DataFrame, ok: pd.DataFrame) -> None:
+    """Prefix cache, token-count mismatch and requested-vs-actual lengths (NaN when no
+    request of the combination has the figure)."""
+    groups = ok.groupby(KEYS, observed=True, sort=True)
+    out["cached_tokens_mean"] = groups["cached_tokens"].mean().reindex(out.index)
+    reported = ok[ok["cached_tokens"].notna()]
+    by = reported.groupby(KEYS, observed=True, sort=True)
+    prompts = by["prompt_tokens"].sum(min_count=1).reindex(out.index)
+    out["cache_hit_rate"] = by["cached_tokens"].sum(min_count=1).reindex(out.index) / prompts
+    for kind in ("prompt", "completion"):
+        diff = ok[f"{kind}_tokens"] - ok[f"client_{kind}_tokens"]
+        out[f"{kind}_token_mismatch_mean"] = diff.groupby(
+            [ok[k] for k in KEYS], observed=True, sort=True).mean().reindex(out.index)
+        out[f"target_{kind}_tokens_mean"] = groups[f"target_{kind}_tokens"].mean().reindex(out.index)
+    asked = ok[ok["target_completion_tokens"].notna()]
+    hit = (asked["completion_tokens"] == asked["target_completion_tokens"]).astype(float)
+    out["completion_length_hit_rate"] = hit.groupby(
+        [asked[k] for k in KEYS], observed=True, sort=True).mean().reindex(out.index)
 
 
 # -- per combination ----------------------------------------------------------------------------
@@ -216,8 +277,10 @@ def compute_metrics(
 
     ok = frame[frame["ok"]]
     ok_groups = ok.groupby(KEYS, observed=True, sort=True)
-    for prefix, column in (("latency", "latency_s"), ("ttft", "ttft_s"), ("tpot", "tpot_s")):
+    for prefix, column in (("latency", "latency_s"), ("ttft", "ttft_s"), ("ttfat", "ttfat_s"),
+                           ("tpot", "tpot_s")):
         _percentiles(out, ok_groups[column], prefix)
+    _workload_metrics(out, ok)
     _itl(out, table, frame)
     queue = groups["client_queue_s"]
     out["client_queue_mean"] = queue.mean()

@@ -28,7 +28,13 @@ from pytest_fmbench.endpoints.lifecycle import EndpointManager
 from pytest_fmbench.endpoints.registry import EndpointContext, create_endpoint
 from pytest_fmbench.errors import ConfigError
 from pytest_fmbench.load.columnar import ColumnarRecordWriter
-from pytest_fmbench.load.engine import RecordContext, plan_load, run_in_loop, run_load
+from pytest_fmbench.load.engine import (
+    RecordContext,
+    plan_load,
+    run_in_loop,
+    run_load,
+    workload_plan,
+)
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.load.stored import CaseRecorder
 from pytest_fmbench.safety.net import SafetyNet
@@ -268,6 +274,20 @@ class BenchmarkRun:
 
     def requests_for(self, experiment: Experiment, payload_file: str) -> list[InferenceRequest]:
         key = (experiment.name, payload_file)
+        workload = self.config.datasets.workload(payload_file)
+        if key not in self._requests and workload is not None:
+            from pytest_fmbench.data.workloads import (
+                build_workload,
+                check_backend,
+                default_force_output,
+            )
+
+            check_backend(workload, experiment.resolved_backend, experiment.name)
+            force = workload.force_output
+            self._requests[key] = build_workload(
+                workload, counter=self.counter, parameters=self.config.parameters_for(experiment),
+                force_output=default_force_output(experiment.resolved_backend) if force is None
+                else force, base_dir=self.config_dir)
         if key not in self._requests:
             path = self.payload_paths().get(payload_file)
             if path is None:
@@ -321,6 +341,9 @@ class BenchmarkRun:
     def endpoint_for(self, case: Case) -> Endpoint:
         """The case's endpoint, deployed on first use, within the spend limit if one is set."""
         deploying = case.experiment not in self.endpoints.live
+        if deploying and self.config.datasets.workload(case.payload_file) is not None:
+            # Inputs first: a broken workload file must not cost a deployment.
+            self.requests_for(self.config.experiment(case.experiment), case.payload_file)
         if self.guard is not None and deploying:
             experiment = self.config.experiment(case.experiment)
             commitment = self.guard.deploy_commitment(experiment)
@@ -370,7 +393,13 @@ class BenchmarkRun:
         requests = self.requests_for(experiment, case.payload_file)
         # Every pattern (waves, concurrency, rate) runs through the load engine (load/).
         plan = plan_load(settings, case.concurrency, len(requests))
-        self._check_case_spend(case, plan.requests or plan.waves * plan.concurrency)
+        workload = self.config.datasets.workload(case.payload_file)
+        expected = plan.requests or plan.waves * plan.concurrency
+        if workload is not None:
+            plan = workload_plan(plan, workload, settings.requests)
+            if plan.pattern in ("trace", "sessions"):  # every entry / every turn, once
+                expected = sum(1 + len(r.followups) for r in requests[:plan.requests])
+        self._check_case_spend(case, expected)
         context = RecordContext(self.run_id, case.experiment, case.payload_file,
                                 case.concurrency, case.id, self.worker, shard=self.shard,
                                 host=self.host)

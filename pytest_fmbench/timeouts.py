@@ -15,6 +15,8 @@ a timeout. pytest-free; the plugin turns the value into a ``timeout`` marker.
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 from pytest_fmbench.config.model import Config, Experiment, LoadSettings, RetrySettings
 
@@ -28,6 +30,9 @@ SAGEMAKER_TEARDOWN_S = 900.0
 LOCAL_TEARDOWN_S = 60.0
 # load.max_case_s: a load process still running this long after the deadline is killed.
 PROCESS_KILL_GRACE_S = 10.0
+
+
+_TIMESTAMP = re.compile(r'"timestamp"\s*:\s*(-?[0-9.eE+-]+)')
 
 
 def parse_case_timeout(text: str | None) -> float | None | str:
@@ -51,8 +56,13 @@ def case_timeout_s(config: Config, experiment: Experiment) -> float | None:
     load = config.load_for(experiment)
     request = request_bound_s(load, _retry(experiment), experiment.resolved_backend or "")
     warmup = (load.warmup_requests or 0) * request
-    body = (deploy_bound_s(experiment) + warmup + load_bound_s(load, experiment, request)
-            + teardown_bound_s(experiment))
+    workloads = workload_bound_s(config, experiment, request)
+    if workloads is None:
+        return None  # a workload whose length cannot be known before it is read
+    loading = max(load_bound_s(load, experiment, request), workloads)
+    if load.max_case_s is not None:
+        loading = min(loading, load.max_case_s + PROCESS_KILL_GRACE_S)
+    body = deploy_bound_s(experiment) + warmup + loading + teardown_bound_s(experiment)
     return math.ceil(body * MARGIN_FACTOR + SETUP_MARGIN_S)
 
 
@@ -91,6 +101,49 @@ def _load_bound_s(load: LoadSettings, experiment: Experiment, request_s: float) 
         schedule = requests / load.rate if load.pattern == "rate" and load.rate else 0.0
         bounds.append(warmup + schedule + rounds)
     return min(bounds)
+
+
+def workload_bound_s(config: Config, experiment: Experiment, request_s: float) -> float | None:
+    """The longest a trace or sessions workload of the experiment runs (0: none; None: not
+    known without reading a conversation file). A trace runs to its last offset plus one
+    request; sessions in rounds of c conversations, each turn a request and a think time."""
+    concurrency = min(experiment.concurrency_levels)
+    longest = 0.0
+    for payload_file in experiment.payload_files:
+        workload = config.datasets.workload(payload_file)
+        if workload is None:
+            continue
+        if workload.kind == "trace" and workload.path is not None:
+            base = config.source_path.parent if config.source_path else Path.cwd()
+            span = _trace_span_s(base / workload.path, workload.requests)
+            if span is None:
+                return None
+            # queued requests drain c at a time after the last offset, in the worst case
+            longest = max(longest, span / workload.speed + request_s * concurrency)
+        elif workload.kind == "sessions":
+            if workload.requests is None or workload.turns is None:
+                return None
+            rounds = math.ceil(workload.requests / concurrency)
+            longest = max(longest, rounds * workload.turns * (request_s + workload.think_time_s))
+    return longest
+
+
+def _trace_span_s(path: Path, lines: int | None) -> float | None:
+    """Last minus first timestamp (ms in the file) of a trace's first ``lines`` lines."""
+    first = last = None
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle):
+                if lines is not None and number >= lines:
+                    break
+                match = _TIMESTAMP.search(line)
+                if match:
+                    stamp = float(match.group(1))
+                    first = stamp if first is None else min(first, stamp)
+                    last = stamp if last is None else max(last, stamp)
+    except OSError:
+        return None  # reported as a config error when the case reads the workload
+    return None if first is None or last is None else (last - first) / 1000
 
 
 def deploy_bound_s(experiment: Experiment) -> float:

@@ -150,6 +150,84 @@ class SyntheticDataset(Section):
     seed: int = 0
 
 
+class LengthDistribution(Section):
+    """A token length drawn per request: normal ``mean``/``stddev`` (rounded, within
+    ``min``/``max``) or a discrete distribution (``values`` with optional ``weights``)."""
+
+    mean: float | None = Field(default=None, gt=0)
+    stddev: float = Field(default=0.0, ge=0)
+    min: int = Field(default=1, ge=1)
+    max: int = Field(default=10**9, ge=1)
+    values: list[int] = Field(default_factory=list)
+    weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> LengthDistribution:
+        if (self.mean is None) == (not self.values):
+            raise ValueError("give either 'mean' (with 'stddev') or 'values' (with 'weights')")
+        if self.weights is not None and len(self.weights) != len(self.values):
+            raise ValueError(f"'weights' has {len(self.weights)} entries for "
+                             f"{len(self.values)} 'values'")
+        if any(v < 1 for v in self.values):
+            raise ValueError("every length in 'values' must be 1 or more")
+        return self
+
+
+TokenLength = int | LengthDistribution
+
+# What each workload kind needs (docs/workloads.md).
+_WORKLOAD_NEEDS: dict[str, tuple[str, ...]] = {
+    "synthetic": ("input_tokens", "output_tokens"),
+    "sharegpt": ("path",),
+    "shared_prefix": ("prefixes", "suffixes", "prefix_tokens", "suffix_tokens", "output_tokens"),
+    "trace": ("path",),
+    "sessions": (),
+}
+
+
+class Workload(Section):
+    """Ours: a workload that produces the prompts of one payload file (data/workloads.py).
+
+    Experiments name it in ``payload_files`` like a ``filters`` entry, so cases, ids and
+    markers stay experiment × payload file × concurrency.
+    """
+
+    payload_file: BareFileName
+    kind: Literal["synthetic", "sharegpt", "shared_prefix", "trace", "sessions"]
+    # How many requests (sessions: conversations) to build; unset: the kind's natural count.
+    requests: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    input_tokens: TokenLength | None = None
+    output_tokens: TokenLength | None = None
+    # How the output length is forced where the server allows it; unset: ignore_eos for
+    # OpenAI-compatible servers (vLLM, SGLang), nothing elsewhere.
+    force_output: list[Literal["ignore_eos", "min_tokens"]] | None = None
+    # sharegpt, trace, sessions: a local file (relative to the config file).
+    path: str | None = None
+    # shared_prefix: P prefixes x S suffixes.
+    prefixes: int | None = Field(default=None, ge=1)
+    suffixes: int | None = Field(default=None, ge=1)
+    prefix_tokens: int | None = Field(default=None, ge=1)
+    suffix_tokens: int | None = Field(default=None, ge=1)
+    # trace: replay speed (2 = twice as fast) and the tokens of one hash block.
+    speed: float = Field(default=1.0, gt=0)
+    block_tokens: int = Field(default=512, ge=1)
+    # sessions: turns per conversation (ShareGPT: at most), pause between turns.
+    turns: int | None = Field(default=None, ge=1)
+    think_time_s: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _needs(self) -> Workload:
+        missing = [key for key in _WORKLOAD_NEEDS[self.kind] if getattr(self, key) is None]
+        if self.kind == "sessions" and self.path is None:
+            missing += [k for k in ("turns", "input_tokens", "output_tokens")
+                        if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"workload '{self.payload_file}' of kind '{self.kind}' needs "
+                             + ", ".join(f"'{key}'" for key in missing))
+        return self
+
+
 class Datasets(Section):
     fmbench_section = "datasets"
 
@@ -181,6 +259,15 @@ class Datasets(Section):
     # accuracy (pytest_fmbench.accuracy). Unset: LongBench's "answers" and "input".
     ground_truth_col_key: str | None = None
     question_col_key: str | None = None
+    # Ours: workloads (synthetic lengths, ShareGPT, shared prefix, trace, sessions), each
+    # producing one payload file experiments can name.
+    workloads: list[Workload] = Field(default_factory=list)
+
+    def workload(self, payload_file: str) -> Workload | None:
+        for workload in self.workloads:
+            if workload.payload_file == payload_file:
+                return workload
+        return None
 
 
 class Metrics(Section):
@@ -607,6 +694,12 @@ class Config(Section):
     def _cross_checks(self) -> Config:
         self._rename_duplicates()
         filters = [f.payload_file for f in self.datasets.filters]
+        for workload in self.datasets.workloads:
+            if workload.payload_file in filters:
+                raise ValueError(f"datasets.workloads: payload_file '{workload.payload_file}' "
+                                 "is also produced by another filter or workload; give each "
+                                 "its own name")
+            filters.append(workload.payload_file)
         for index, experiment in enumerate(self.experiments):
             unproduced = [p for p in experiment.payload_files if p not in filters]
             if unproduced:

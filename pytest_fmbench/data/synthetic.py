@@ -13,6 +13,8 @@ import random
 import re
 from typing import Any
 
+from pytest_fmbench.data.tokens import TokenCounter
+
 MIN_CONTEXT_WORDS = 15
 MAX_CONTEXT_WORDS = 3500
 
@@ -117,3 +119,91 @@ def _is_prose(sentence: str) -> bool:
     visible = [c for c in sentence if not c.isspace()]
     letters = sum(c.isalpha() for c in visible)
     return letters / len(visible) >= 0.8
+
+
+# -- prompts of an exact token length ---------------------------------------------------------
+
+class ExactLengthText:
+    """Text of exactly N tokens as the configured tokenizer counts them (the synthetic and
+    trace workloads' prompts).
+
+    Words of the prose above, each with its leading space, are counted once. Byte-level and
+    whitespace pre-tokenizers never merge across a space, so a run of such words has the sum
+    of their counts: words are drawn at random while the remainder is large, then the
+    remainder is filled with words of the exact count left. The result is recounted and
+    nudged a word at a time, so a tokenizer without that property (or the word estimate)
+    still lands within a token where any text can.
+    """
+
+    def __init__(self, counter: TokenCounter, *, vocabulary: int = 4000) -> None:
+        words = sorted({w for s in _prose_sentences() for w in s.split() if w.isalpha()})
+        rng = random.Random(0)
+        rng.shuffle(words)
+        words = words[:vocabulary]
+        counts = counter.count_many([" " + w for w in words])
+        self.counter = counter
+        self._by_count: dict[int, list[str]] = {}
+        for word, count in zip(words, counts):
+            if count >= 1:
+                self._by_count.setdefault(count, []).append(word)
+        self._words = [w for c in sorted(self._by_count) for w in self._by_count[c]]
+        self._count = {w: c for c, ws in self._by_count.items() for w in ws}
+        self._longest = max(self._by_count)
+
+    def words(self, tokens: int, rng: random.Random) -> list[str]:
+        """Words whose text (``" ".join``, with a leading space) has ``tokens`` tokens by the
+        per-word counts; deterministic for the same rng state."""
+        out: list[str] = []
+        left = tokens
+        while left > self._longest:
+            word = rng.choice(self._words)
+            out.append(word)
+            left -= self._count[word]
+        while left > 0:
+            sizes = [c for c in self._by_count if c <= left]
+            if not sizes:  # no word this short (the word estimate counts none below 2)
+                break
+            size = max(sizes)
+            out.append(rng.choice(self._by_count[size]))
+            left -= size
+        return out
+
+    def text(self, tokens: int, rng: random.Random, *, prefix: str = "") -> str:
+        """``prefix`` followed by words, ``tokens`` tokens in all (the prefix's included)."""
+        if tokens <= 0:
+            return prefix
+        have = self.counter.count(prefix) if prefix else 0
+        words = self.words(max(tokens - have, 0), rng)
+        text = self._join(prefix, words)
+        for _ in range(16):  # recount: the per-word sums are exact for most tokenizers
+            error = self.counter.count(text) - tokens
+            if error == 0:
+                break
+            if error > 0 and words:
+                words = words[:-1]
+            elif error < 0:
+                words = words + self.words(-error, rng)
+            else:
+                break
+            text = self._join(prefix, words)
+        return text
+
+    @staticmethod
+    def _join(prefix: str, words: list[str]) -> str:
+        return " ".join([prefix, *words]) if prefix else " ".join(words)
+
+
+def sample_lengths(spec: Any, count: int, rng: random.Random) -> list[int]:
+    """``count`` token lengths from a length spec: a number (fixed), ``{mean, stddev}``
+    (normal, rounded, at least 1, optionally within ``min``/``max``), or ``{values,
+    weights}`` (a discrete distribution)."""
+    if isinstance(spec, int):
+        return [spec] * count
+    values = spec.get("values")
+    if values:
+        weights = spec.get("weights")
+        return [int(v) for v in rng.choices(values, weights=weights, k=count)]
+    mean, stddev = float(spec["mean"]), float(spec.get("stddev", 0.0))
+    low, high = int(spec.get("min", 1)), int(spec.get("max", 10**9))
+    return [min(high, max(low, round(rng.gauss(mean, stddev)) if stddev else round(mean)))
+            for _ in range(count)]

@@ -18,6 +18,20 @@ class InferenceRequest:
     parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
     prompt_tokens: int | None = None  # counted when the payload file was built
     payload_id: str = ""              # the payload's id (its dataset record), for accuracy
+    # Workloads (data/workloads.py). A chat history to send instead of ``prompt`` (multi-turn
+    # sessions, ShareGPT conversations); ``prompt`` is then its last user message.
+    messages: tuple[dict[str, str], ...] | None = None
+    # Trace replay: when the request is due, from the case start (speed factor applied).
+    offset_ns: int | None = None
+    # Multi-turn sessions: the session and the turn (0-based) this request is; -1: none.
+    session: int = -1
+    turn: int = -1
+    # The later user turns of a session (sent by the sessions pattern after this one).
+    followups: tuple[str, ...] = ()
+    # The lengths the workload asked for (synthetic, shared prefix, trace), for the report's
+    # requested-vs-actual figures; None when the workload sets none.
+    target_prompt_tokens: int | None = None
+    target_completion_tokens: int | None = None
 
 
 @dataclasses.dataclass
@@ -41,6 +55,11 @@ class InferenceResult:
     # ``sent_ns - retry_wait_ns``; the client's own lateness is measured from it.
     retry_wait_ns: int = 0
     text: str = ""
+    # The server's prefix-cache hits (usage.prompt_tokens_details.cached_tokens), if reported.
+    cached_tokens: int | None = None
+    # Our own tokenizer's counts when the server reported usage too (the mismatch metrics).
+    client_prompt_tokens: int | None = None
+    client_completion_tokens: int | None = None
 
 
 @runtime_checkable

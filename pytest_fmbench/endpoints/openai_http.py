@@ -118,7 +118,10 @@ class OpenAIClient:
         if self.model is not None:
             body["model"] = self.model
         if self.api == "chat":
-            body["messages"] = [{"role": "user", "content": request.prompt}]
+            body["messages"] = list(request.messages or ({"role": "user", "content": request.prompt},))
+        elif request.messages:
+            # A conversation on the completions API: its turns as one text, in order.
+            body["prompt"] = "\n\n".join(m["content"] for m in request.messages)
         else:
             body["prompt"] = request.prompt
         body.update(openai_parameters(request.parameters))
@@ -160,7 +163,9 @@ class OpenAIClient:
         elif not self.stream:
             _read_body(exchange.body, result)
         elif exchange.reads:
-            _digest(exchange.reads, result, self._shape, self.keep_text or self.count_tokens is not None)
+            # A session's next turn carries this answer: its text is needed then too.
+            _digest(exchange.reads, result, self._shape,
+                    self.keep_text or self.count_tokens is not None or bool(request.followups))
         else:
             result.error, result.error_detail = "stream_truncated", "the stream was empty"
         if not result.error:
@@ -169,6 +174,12 @@ class OpenAIClient:
 
     def _fill_tokens(self, request: InferenceRequest, result: InferenceResult) -> None:
         if result.token_source == "server":
+            if self.count_tokens is not None:
+                # Both counts, for the client-vs-server mismatch metrics (the server's stay
+                # the record's counts). Reasoning text is not in ``text``: a reasoning
+                # model's completion mismatch includes its reasoning tokens.
+                result.client_prompt_tokens = request.prompt_tokens
+                result.client_completion_tokens = self.count_tokens(result.text)
             return
         if self.count_tokens is not None:
             result.completion_tokens = self.count_tokens(result.text)
@@ -292,6 +303,8 @@ def _digest(reads: list[tuple[int, bytes]], result: InferenceResult, shape: list
         result.token_source = "estimate"
     if keep_text or not usage:
         result.text = _join_text(parts)
+    if parts and _starts_thinking(parts):
+        _split_thinking(parts, result)
 
 
 _RAW_DECODE = json.JSONDecoder().raw_decode
@@ -394,3 +407,49 @@ def _apply_usage(usage: Mapping[str, Any], result: InferenceResult) -> None:
         result.prompt_tokens = prompt
         result.completion_tokens = completion
         result.token_source = "server"
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, Mapping) else None
+    if isinstance(cached, int):
+        result.cached_tokens = cached
+
+
+_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
+
+
+def _part_text(part: bytes | str) -> str:
+    return part if isinstance(part, str) else _decode_raw([part])
+
+
+def _starts_thinking(parts: list[bytes | str]) -> bool:
+    """Whether the content begins with ``<think>`` (a reasoning model whose server does not
+    split reasoning out): decided from the first few parts only."""
+    head = ""
+    for part in parts[:8]:
+        head += _part_text(part)
+        stripped = head.lstrip()
+        if len(stripped) >= len(_THINK_OPEN) or not _THINK_OPEN.startswith(stripped):
+            return stripped.startswith(_THINK_OPEN)
+    return False
+
+
+def _split_thinking(parts: list[bytes | str], result: InferenceResult) -> None:
+    """``<think>...</think>`` before the answer: the first part is the first reasoning token,
+    the first part with answer text after ``</think>`` the first answer token. Part arrival
+    times come back from the first token and the gaps (``itl_us``: one per later part)."""
+    if result.first_token_ns is None:
+        return
+    text = ""
+    closed_at = -1
+    for index, part in enumerate(parts):
+        text += _part_text(part)
+        if closed_at < 0:
+            closed_at = text.find(_THINK_CLOSE)
+            if closed_at < 0:
+                continue
+            closed_at += len(_THINK_CLOSE)
+        if text[closed_at:].strip():
+            result.first_reasoning_ns = result.first_token_ns
+            result.first_token_ns += sum(result.itl_us[:index]) * 1000
+            return
+    # Reasoning only, no answer: no first answer token.
+    result.first_reasoning_ns, result.first_token_ns = result.first_token_ns, None

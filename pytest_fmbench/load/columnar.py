@@ -64,6 +64,13 @@ RECORD_SCHEMA = pa.schema([
     ("clock_anchor_ns", pa.int64()),
     ("clock_offset_ns", pa.int64()),
     ("clock_uncertainty_ns", pa.int64()),
+    ("session", pa.int64()),
+    ("turn", pa.int64()),
+    ("target_prompt_tokens", pa.int64()),
+    ("target_completion_tokens", pa.int64()),
+    ("cached_tokens", pa.int64()),
+    ("client_prompt_tokens", pa.int64()),
+    ("client_completion_tokens", pa.int64()),
 ])
 
 

@@ -67,6 +67,11 @@ class RecordContext:
             queued=done.queued, loop_lag_us=done.loop_lag_us, saturated=done.saturated,
             shard=self.shard, host=self.host, clock_anchor_ns=_ANCHOR_WALL_NS,
             clock_offset_ns=self.clock_offset_ns, clock_uncertainty_ns=self.clock_uncertainty_ns,
+            session=request.session, turn=request.turn,
+            target_prompt_tokens=request.target_prompt_tokens,
+            target_completion_tokens=request.target_completion_tokens,
+            cached_tokens=result.cached_tokens, client_prompt_tokens=result.client_prompt_tokens,
+            client_completion_tokens=result.client_completion_tokens,
         )
 
 

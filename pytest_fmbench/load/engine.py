@@ -8,10 +8,11 @@ client was saturated or the rate pattern had to queue arrivals.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pytest_fmbench.config.model import LoadSettings, RaySettings
+from pytest_fmbench.config.model import LoadSettings, RaySettings, Workload
 from pytest_fmbench.endpoints.base import EndpointClient, InferenceRequest
 from pytest_fmbench.load.driver import (
     Collector,
@@ -28,7 +29,7 @@ from pytest_fmbench.load.waves import plan_waves
 
 # Imported from here by the package and its users since before driver.py existed.
 __all__ = ["Collector", "Emit", "LoadStats", "RecordContext", "drive", "plan_load",
-           "quiet_gc", "run_in_loop", "run_load"]
+           "quiet_gc", "run_in_loop", "run_load", "workload_plan"]
 
 
 def plan_load(settings: LoadSettings, concurrency: int, payload_count: int) -> LoadPlan:
@@ -56,6 +57,18 @@ def plan_load(settings: LoadSettings, concurrency: int, payload_count: int) -> L
         executor=settings.executor or "local",
         ray=(settings.ray or RaySettings()) if settings.executor == "ray" else None,
     )
+
+
+def workload_plan(plan: LoadPlan, workload: Workload, requests: int | None) -> LoadPlan:
+    """A trace or sessions workload brings its own pattern: every trace entry (every
+    session) once, capped by an explicit ``load.requests``; other workloads keep the plan."""
+    from pytest_fmbench.data.workloads import PATTERN_OF_KIND
+
+    pattern = PATTERN_OF_KIND.get(workload.kind)
+    if pattern is None:
+        return plan
+    return dataclasses.replace(plan, pattern=pattern, requests=requests, duration_s=None,
+                               think_time_s=workload.think_time_s)
 
 
 def run_load(plan: LoadPlan, make_client: Callable[[], EndpointClient],

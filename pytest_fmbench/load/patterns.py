@@ -5,7 +5,9 @@ which sends it, times the client's own overhead, and hands the outcome to a sink
 
 - ``waves`` (``load/waves.py``): FMBench's waves of c requests;
 - ``concurrency`` (``load/concurrency.py``): closed loop, c requests always in flight;
-- ``rate`` (``load/rate.py``): open loop, arrivals at precomputed absolute deadlines.
+- ``rate`` (``load/rate.py``): open loop, arrivals at precomputed absolute deadlines;
+- ``trace`` (``load/trace.py``): open loop, each request at its own offset (trace replay);
+- ``sessions`` (``load/sessions.py``): multi-turn conversations, turn after turn.
 
 In every pattern the case's concurrency level c is the most requests in flight at once.
 Everything a pattern needs besides the client is in a picklable ``LoadPlan``, so the same
@@ -61,6 +63,7 @@ class LoadPlan:
     # "local" (this host: in-process or load.processes) or "ray" (Ray actors, ``ray``).
     executor: str = "local"
     ray: RaySettings | None = None
+    think_time_s: float = 0.0  # sessions only: pause between a session's turns
 
     def for_process(self, index: int, start_ns: int) -> LoadPlan:
         return dataclasses.replace(self, process_index=index, start_ns=start_ns)
@@ -115,8 +118,16 @@ class Dispatcher:
                    wave: int = -1, queued: bool = False, warmup: bool = False) -> None:
         """Every request ends in the sink, success or not; only cancellation escapes
         (and a request cut off at the case deadline still ends in the sink)."""
+        await self.send_for_result(request_id, request, scheduled_ns, wave=wave, queued=queued,
+                                   warmup=warmup)
+
+    async def send_for_result(self, request_id: int, request: InferenceRequest,
+                              scheduled_ns: int, *, wave: int = -1, queued: bool = False,
+                              warmup: bool = False) -> InferenceResult | None:
+        """``send``, returning the result too (the sessions pattern builds the next turn
+        from it); None when nothing was sent (the case deadline passed)."""
         if self.cut_off:
-            return
+            return None
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
@@ -149,6 +160,7 @@ class Dispatcher:
         late = not queued and first_sent - scheduled_ns > self.saturation_ns
         self.sink(Completed(request_id, wave, scheduled_ns, request, result, queued, warmup,
                             lag // 1000, late or lag > self.saturation_ns))
+        return result
 
 
     async def cut_off_in_flight(self) -> int:
@@ -188,6 +200,8 @@ _PATTERNS: dict[str, str] = {
     "waves": "pytest_fmbench.load.waves:WavesPattern",
     "concurrency": "pytest_fmbench.load.concurrency:ConcurrencyPattern",
     "rate": "pytest_fmbench.load.rate:RatePattern",
+    "trace": "pytest_fmbench.load.trace:TracePattern",
+    "sessions": "pytest_fmbench.load.sessions:SessionsPattern",
 }
 
 

@@ -102,6 +102,17 @@ class RequestRecord:
     clock_anchor_ns: int = 0
     clock_offset_ns: int = 0
     clock_uncertainty_ns: int = 0
+    # Workloads (data/workloads.py): the session and turn of a multi-turn request (-1: none);
+    # the lengths the workload asked for; the server's prefix-cache hits
+    # (usage.prompt_tokens_details.cached_tokens); our tokenizer's counts next to the
+    # server's usage (token-count mismatch).
+    session: int = -1
+    turn: int = -1
+    target_prompt_tokens: int | None = None
+    target_completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    client_prompt_tokens: int | None = None
+    client_completion_tokens: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -118,6 +129,15 @@ class RequestRecord:
 
     @property
     def ttft_s(self) -> float | None:
+        """To the first generated token of any kind (a reasoning model's reasoning too)."""
+        firsts = [t for t in (self.first_token_ns, self.first_reasoning_ns) if t is not None]
+        if not firsts:
+            return None
+        return (min(firsts) - self.sent_ns) / 1e9
+
+    @property
+    def ttfat_s(self) -> float | None:
+        """To the first answer token (after a reasoning model's reasoning)."""
         if self.first_token_ns is None:
             return None
         return (self.first_token_ns - self.sent_ns) / 1e9

@@ -35,6 +35,7 @@ from pytest_fmbench.metrics import (
     request_frame,
 )
 from pytest_fmbench.report import exports, history, markdown, plots
+from pytest_fmbench.report.workloads import workload_section
 
 REPORT_FILE = "report.md"
 RESULTS_FILE = "results.json"
@@ -236,7 +237,8 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
         text = markdown.render(meta=meta, metrics=metrics, costs=analysis.costs, gate=verdict, budgets=budgets,
                                plots=[p.name for p in drawn], config_used=config_used, prices=prices,
                                glossary=glossary(), errors=errors,
-                               compatibility=markdown.compatibility_notes(config))
+                               compatibility=markdown.compatibility_notes(config),
+                               workloads=workload_section(metrics, analysis.records))
         temporary = report_path.with_name(report_path.name + ".tmp")
         temporary.write_text(redaction.scrub(text, inline=False), encoding="utf-8")
         temporary.replace(report_path)

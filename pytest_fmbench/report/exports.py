@@ -78,8 +78,12 @@ def per_request_table(table: pa.Table, info: Mapping[str, Any], first_sent: int 
         return pc.round(pc.divide(pc.cast(pc.subtract(end, start), pa.float64()), 1e9), 6)
 
     elapsed = seconds(table["last_byte_ns"], table["sent_ns"])
-    ttft = seconds(table["first_token_ns"], table["sent_ns"])
-    span = pc.divide(pc.cast(pc.subtract(table["last_byte_ns"], table["first_token_ns"]), pa.float64()), 1e9)
+    # TTFT and TPOT from the first generated token of any kind (METRICS: reasoning counts).
+    first_any = (pc.min_element_wise(table["first_token_ns"], table["first_reasoning_ns"], skip_nulls=True)
+                 if "first_reasoning_ns" in table.column_names else table["first_token_ns"])
+    ttft = seconds(first_any, table["sent_ns"])
+    ttfat = seconds(table["first_token_ns"], table["sent_ns"])
+    span = pc.divide(pc.cast(pc.subtract(table["last_byte_ns"], first_any), pa.float64()), 1e9)
     completion = pc.cast(table["completion_tokens"], pa.float64())
     tpot = pc.if_else(pc.greater_equal(completion, 2), pc.round(pc.divide(span, pc.subtract(completion, 1)), 7),
                       pa.scalar(None, pa.float64()))
@@ -129,7 +133,13 @@ def per_request_table(table: pa.Table, info: Mapping[str, Any], first_sent: int 
         "retry_wait_s": seconds(retry_wait, pa.scalar(0, pa.int64())),
         # when it was sent, seconds after the first request of the run (timestamps: records*.jsonl)
         "sent_s": seconds(table["sent_ns"], pa.scalar(first_sent, pa.int64())),
+        "time_to_first_answer_token": pc.if_else(ok, ttfat, null_f),
     }
+    # Workloads (docs/workloads.md): sessions, asked lengths, prefix cache, our own counts.
+    for name in ("session", "turn", "target_prompt_tokens", "target_completion_tokens",
+                 "cached_tokens", "client_prompt_tokens", "client_completion_tokens"):
+        if name in table.column_names:
+            columns[name] = table[name]
     return pa.table(columns)
 
 

@@ -82,6 +82,7 @@ def render(
     glossary: str,
     errors: Sequence[str] = (),
     compatibility: Sequence[str] = (),
+    workloads: Sequence[str] = (),
 ) -> str:
     out: list[str] = []
     name = meta.get("name") or "benchmark"
@@ -105,6 +106,7 @@ def render(
     out += _recommended(gate)
     out += _costs(costs)
     out += _client(metrics)
+    out += workloads  # report/workloads.py: lengths, prefix cache, reasoning, sessions
     out.append("## Plots\n")
     titles = dict(PLOTS)
     for plot in plots:

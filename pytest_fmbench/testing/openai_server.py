@@ -16,6 +16,21 @@ completion token per word. ``stats.by_model`` counts requests per ``model``.
 
 ``fault_every=N`` applies the fault to every N-th request only (1 = all).
 
+Generation length and workloads (all off by default, so the server behaves as before):
+
+- ``eos_after=N``: the "model" meets its end-of-sequence token after N tokens, unless the
+  request forces the length like vLLM/SGLang allow: ``ignore_eos: true`` generates exactly
+  ``max_tokens``, ``min_tokens: M`` at least M;
+- ``count_prompt``: a ``(text) -> int`` that counts the prompt for usage (a real tokenizer);
+  default: whitespace-separated words;
+- ``prefix_cache_block=B``: an automatic prefix cache of B-token blocks (tokens: the words
+  of the prompt): usage reports ``prompt_tokens_details.cached_tokens``, the longest run of
+  whole blocks an earlier request already sent;
+- ``reasoning_tokens=R``: R reasoning chunks before the answer, as ``reasoning_content``
+  deltas (chat; ``reasoning_style="field"``) or as ``<think>...</think>`` text
+  (``reasoning_style="think"``, both APIs); they count against ``max_tokens`` and in
+  ``completion_tokens``, as in vLLM (the answer gets at least one token).
+
 Auth, like a real gateway: ``api_key`` requires ``Authorization: Bearer <key>`` (vLLM's
 ``--api-key``), ``required_headers`` and ``required_query`` require those exact values;
 a request without them gets HTTP 401.
@@ -52,6 +67,18 @@ class ServerBehaviour:
     required_headers: dict[str, str] = field(default_factory=dict)
     required_query: dict[str, str] = field(default_factory=dict)
     reply: Callable[[str, str], str] | None = None
+    eos_after: int | None = None
+    count_prompt: Callable[[str], int] | None = None
+    prefix_cache_block: int | None = None
+    reasoning_tokens: int = 0
+    reasoning_style: str = "field"
+
+    def answer_tokens(self, body: dict[str, Any]) -> int:
+        """How many answer tokens this request gets (max_tokens, eos_after, forcing)."""
+        tokens = int(body.get("max_tokens") or self.completion_tokens)
+        if self.eos_after is None or body.get("ignore_eos"):
+            return tokens
+        return min(tokens, max(self.eos_after, int(body.get("min_tokens") or 0)))
 
     def authorized(self, headers: Any, query: Any) -> bool:
         if self.api_key is not None and headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -83,6 +110,7 @@ class FakeOpenAIServer:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
+        self._cached_blocks: set[int] = set()
 
     @property
     def url(self) -> str:
@@ -163,7 +191,7 @@ class FakeOpenAIServer:
             return web.json_response({"error": {"message": "unauthorized", "code": 401}}, status=401)
         fault = b.fault if b.fault and self.stats.requests % max(1, b.fault_every) == 0 else None
         chat = request.path.endswith("/chat/completions")
-        tokens = int(body.get("max_tokens") or b.completion_tokens)
+        tokens = b.answer_tokens(body)
         if fault == "drop":
             request.transport.close()  # type: ignore[union-attr]
             raise asyncio.CancelledError
@@ -178,6 +206,13 @@ class FakeOpenAIServer:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await asyncio.sleep(b.ttft_s)
+        usage = self._usage(body, tokens)
+        # Reasoning counts against max_tokens, as in vLLM: the answer gets the rest.
+        reasoning = _reasoning_pieces(chat, b, tokens)
+        tokens -= len(reasoning)
+        for piece in reasoning:
+            await response.write(_sse(piece))
+            await asyncio.sleep(b.token_delay_s)
         for index in range(tokens):
             if index:
                 await asyncio.sleep(b.token_delay_s)
@@ -191,11 +226,33 @@ class FakeOpenAIServer:
             if fault == "stall":
                 await asyncio.sleep(b.stall_s)
         if b.usage:
-            await response.write(_sse({"choices": [], "usage": {
-                "prompt_tokens": _prompt_tokens(body), "completion_tokens": tokens}}))
+            await response.write(_sse({"choices": [], "usage": usage}))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    def _usage(self, body: dict[str, Any], tokens: int) -> dict[str, Any]:
+        b = self.behaviour
+        prompt = _prompt_text(body)
+        usage: dict[str, Any] = {
+            "prompt_tokens": b.count_prompt(prompt) if b.count_prompt else max(1, len(prompt.split())),
+            "completion_tokens": tokens}
+        if b.prefix_cache_block:
+            usage["prompt_tokens_details"] = {"cached_tokens": self._cache(prompt.split())}
+        return usage
+
+    def _cache(self, words: list[str]) -> int:
+        """Tokens of ``words`` in whole blocks an earlier prompt already had (then cached)."""
+        block = self.behaviour.prefix_cache_block or 1
+        cached, hit = 0, True
+        for end in range(block, len(words) + 1, block):
+            key = hash(tuple(words[:end]))
+            if hit and key in self._cached_blocks:
+                cached = end
+            else:
+                hit = False
+                self._cached_blocks.add(key)
+        return cached
 
 
 def _prompt_text(body: dict[str, Any]) -> str:
@@ -226,6 +283,19 @@ async def _scripted(request: web.Request, body: dict[str, Any], chat: bool,
     return response
 
 
+def _reasoning_pieces(chat: bool, b: ServerBehaviour, tokens: int) -> list[dict[str, Any]]:
+    """The reasoning chunks of one answer of ``tokens`` tokens (at least one is answer)."""
+    count = min(b.reasoning_tokens, tokens - 1)
+    if count < (2 if b.reasoning_style == "think" else 1):
+        return []
+    if b.reasoning_style == "think":
+        texts = ["<think>", *(f" r{i}" for i in range(count - 2)), "</think>"]
+        return [({"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]} if chat
+                 else {"choices": [{"index": 0, "text": t, "finish_reason": None}]}) for t in texts]
+    return [{"choices": [{"index": 0, "delta": {"reasoning_content": f" r{i}"}, "finish_reason": None}]}
+            for i in range(count)]
+
+
 def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
@@ -245,11 +315,6 @@ def _complete_body(chat: bool, tokens: int, usage: bool) -> dict[str, Any]:
     if usage:
         body["usage"] = {"prompt_tokens": 0, "completion_tokens": tokens}
     return body
-
-
-def _prompt_tokens(body: dict[str, Any]) -> int:
-    prompt = body.get("prompt") or " ".join(m.get("content", "") for m in body.get("messages", []))
-    return max(1, len(str(prompt).split()))
 
 
 def main(argv: list[str] | None = None) -> None:
