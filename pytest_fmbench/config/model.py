@@ -30,7 +30,7 @@ from pytest_fmbench.config.fmbench_keys import FMBENCH_KEYS, fmbench_knows
 from pytest_fmbench.config.predictors import predictor_backend
 from pytest_fmbench.config.read_data import S3ReadData
 
-BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock", "rest")
+BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock", "rest", "container")
 
 # The set FMBench 1.x's flat ``inference_parameters`` mapping is kept under; experiments
 # without ``inference_spec.parameter_set`` use it.
@@ -341,6 +341,34 @@ class OpenAISettings(Section):
     deploy: DeployCommand | None = None
 
 
+class ContainerSettings(Section):
+    """Ours: a server container started with Podman or Docker for the run, removed after it
+    (``endpoints/container.py``). FMBench's EC2 experiments (``deploy: yes``) get theirs from
+    ``image_uri`` and ``inference_spec``; set ``image`` here for any other server image."""
+
+    image: str | None = None
+    # Arguments after the image (the image's entry point receives them).
+    args: list[str] = Field(default_factory=list)
+    # The port the server listens on inside the container (published on a free loopback port).
+    port: int = Field(default=8000, ge=1, le=65535)
+    # A path ("/v1/models") or URL whose 2xx answer means ready; its host and port are ours.
+    health_url: str = "/v1/models"
+    # "all", a GPU count or a list of GPU indices; unset: no GPU.
+    gpus: str | int | list[int] | None = None
+    shm_size: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    # Extra `run` options, verbatim (volumes, ulimits, --ipc=host, ...).
+    run_args: list[str] = Field(default_factory=list)
+    # OpenAI API the requests use.
+    api: Literal["completions", "chat"] = "completions"
+    model: str | None = None
+    # podman, docker or a path; unset: FMBENCH_CONTAINER_RUNTIME, else docker if its daemon
+    # answers, else podman.
+    runtime: str | None = None
+    startup_timeout_s: float | None = Field(default=None, gt=0)
+    stop_timeout_s: float = Field(default=10.0, ge=0)
+
+
 # Retries of a throttled request when ``retry.max_retries`` is unset; any other backend: 0.
 DEFAULT_MAX_RETRIES = {"bedrock": 3, "sagemaker": 0}
 
@@ -437,6 +465,9 @@ class Experiment(Section):
     openai: OpenAISettings | None = None
     sagemaker: SageMakerSettings | None = None
     bedrock: BedrockSettings | None = None
+    container: ContainerSettings | None = None
+    # FMBench's EC2 settings (model_loading_timeout, privileged_mode, gpu_or_neuron_setting).
+    ec2: dict[str, Any] | None = None
     load: LoadSettings | None = None
     markers: list[str] = Field(default_factory=list)
 
@@ -478,6 +509,10 @@ class Experiment(Section):
         """The backend named, or the one FMBench's scripts and endpoint name imply."""
         if self.backend:
             return self.backend
+        if self.container is not None:
+            return "container"
+        if self.deploys_ec2_container:
+            return "container"
         if predictor_backend(self.inference_script):  # FMBench's own predictors (predictors.py)
             return predictor_backend(self.inference_script)
         script = (self.inference_script or "").lower()
@@ -494,6 +529,16 @@ class Experiment(Section):
         if self.openai is not None:
             return "openai"
         return None
+
+    @property
+    def deploys_ec2_container(self) -> bool:
+        """FMBench's EC2 deployment (``deployment_script: ec2_deploy.py``, ``deploy: yes``):
+        the serving container runs on this machine (``endpoints/container.py``), unless
+        ``openai.deploy`` starts the server another way."""
+        script = (self.deployment_script or "").strip().replace("\\", "/").rsplit("/", 1)[-1]
+        return (self.deploy and script.lower() == "ec2_deploy.py"
+                and predictor_backend(self.inference_script) in (None, "openai")
+                and not (self.openai is not None and self.openai.deploy is not None))
 
     @property
     def instance_family(self) -> str | None:
