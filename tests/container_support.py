@@ -58,7 +58,7 @@ def _python() -> str:
 def build_server_image() -> str:
     """The image's name (built once per content; a second build is skipped)."""
     entry = [_python(), "-m", "pytest_fmbench.testing.openai_server", "--host", "0.0.0.0",
-             "--port", str(CONTAINER_PORT), "--ttft", "0.01", "--token-delay", "0.002"]
+             "--port", str(CONTAINER_PORT), "--ttft", "0.01", "--token-delay", "0.0005"]
     changes = [f"ENTRYPOINT {__import__('json').dumps(entry)}", f"ENV PYTHONPATH={REPO}",
                f"WORKDIR {REPO}"]
     tag = hashlib.sha256("\n".join(changes).encode()).hexdigest()[:12]
@@ -93,4 +93,10 @@ def containers_of(run_id: str | None = None) -> list[str]:
     return [line for line in done.stdout.split() if line]
 
 
-__all__ = ["RUN_ARGS_ENV", "build_server_image", "containers_of", "podman", "run_args"]
+def remove_run(run_id: str) -> None:
+    """A test's own clean-up of what a failed assertion may have left."""
+    for name in containers_of(run_id):
+        subprocess.run([podman(), "rm", "-f", name], capture_output=True, timeout=60, check=False)
+
+
+__all__ = ["RUN_ARGS_ENV", "build_server_image", "containers_of", "podman", "remove_run", "run_args"]

@@ -366,7 +366,8 @@ class ContainerSettings(Section):
     # answers, else podman.
     runtime: str | None = None
     startup_timeout_s: float | None = Field(default=None, gt=0)
-    stop_timeout_s: float = Field(default=10.0, ge=0)
+    # SIGTERM, then SIGKILL after this long (0: at once).
+    stop_timeout_s: float = Field(default=5.0, ge=0)
 
 
 # Retries of a throttled request when ``retry.max_retries`` is unset; any other backend: 0.

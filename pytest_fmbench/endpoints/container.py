@@ -121,7 +121,7 @@ class ContainerEndpoint:
         self.kind = "custom" if self.settings is not None else specs.container_type_of(experiment)
         self.timeout_s = config.load_for(experiment).request_timeout_s or 120.0
         self.startup_timeout_s = _timeout(experiment, self.settings)
-        self.stop_timeout_s = self.settings.stop_timeout_s if self.settings else 10.0
+        self.stop_timeout_s = self.settings.stop_timeout_s if self.settings else 5.0
         # Known before deploy, so the journal names the container before it exists.
         self.container_name = (f"fmbench-{experiment.safe_name[:40]}-{context.run_id[:12]}-"
                                f"{secrets.token_hex(3)}").lower()

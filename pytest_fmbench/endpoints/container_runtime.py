@@ -147,17 +147,19 @@ def label_of(runtime: Runtime, name: str, label: str) -> str | None:
     return str(labels.get(label, "")) if isinstance(labels, dict) else ""
 
 
-def remove_if_ours(runtime: Runtime, name: str, run_id: str, *, stop_timeout_s: float = 10.0) -> str:
+def remove_if_ours(runtime: Runtime, name: str, run_id: str, *, stop_timeout_s: float = 0.0) -> str:
     """Remove the container ``name`` if it carries ``run_id``'s label: "removed", "gone" or
-    "not ours" (left alone). Raises ``ContainerCommandFailed`` when the removal fails."""
+    "not ours" (left alone). ``stop_timeout_s`` 0 (the reaper, sweep): killed at once.
+    Raises ``ContainerCommandFailed`` when the removal fails."""
     owner = label_of(runtime, name, LABEL_RUN_ID)
     if owner is None:
         return "gone"
     if owner != run_id:
         return "not ours"
-    # stop first (SIGTERM, then SIGKILL after the timeout): the server may flush its logs.
-    runtime.run("stop", "-t", str(int(stop_timeout_s)), name, check=False,
-                timeout_s=stop_timeout_s + CLI_TIMEOUT_S)
+    if stop_timeout_s > 0:
+        # SIGTERM first, SIGKILL after the timeout: the server may flush its logs.
+        runtime.run("stop", "-t", str(max(1, round(stop_timeout_s))), name, check=False,
+                    timeout_s=stop_timeout_s + CLI_TIMEOUT_S)
     runtime.run("rm", "-f", name)
     return "removed"
 
