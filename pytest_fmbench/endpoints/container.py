@@ -59,7 +59,8 @@ def _key(experiment: Experiment, leaf: str) -> str:
 
 
 def host_facts() -> specs.HostFacts:
-    """GPUs (``nvidia-smi -L``), Neuron devices (``/dev/neuron*``), the home directory."""
+    """GPUs (``nvidia-smi -L``), Neuron devices (``/dev/neuron*``), the home directory, and
+    ``HF_TOKEN`` from the environment (FMBench reads it from hf_token.txt)."""
     gpus = 0
     if shutil.which("nvidia-smi"):
         try:
@@ -71,7 +72,8 @@ def host_facts() -> specs.HostFacts:
     neuron = len(list(Path("/dev").glob("neuron[0-9]*")))
     home = Path.home()
     return specs.HostFacts(gpu_count=gpus, neuron_device_count=neuron, home=str(home),
-                           hf_cache_exists=(home / ".cache" / "huggingface").is_dir())
+                           hf_cache_exists=(home / ".cache" / "huggingface").is_dir(),
+                           hf_token=os.environ.get("HF_TOKEN") or None)
 
 
 def settings_spec(settings: ContainerSettings) -> specs.ContainerSpec:

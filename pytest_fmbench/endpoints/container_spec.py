@@ -61,6 +61,7 @@ _DEFAULT_ROUTE = {VLLM: "/v1/completions", VLLM_GPU: "/v1/completions",
                   SGLANG: "/v1/chat/completions", DJL: "/invocations",
                   OLLAMA: "/api/generate", LLAMA_SERVER: "/v1/completions",
                   TRITON: "/v2/models/ensemble/generate"}
+_COPIES_BASE_PORT = 8000
 # DJL Serving's model server config (FMBench writes the same keys).
 _DJL_CONFIG_PROPERTIES = ("inference_address=http://0.0.0.0:{port}\n"
                           "management_address=http://0.0.0.0:{port}\n"
@@ -77,6 +78,9 @@ class HostFacts:
     neuron_device_count: int = 0
     home: str = "/root"
     hf_cache_exists: bool = False
+    # FMBench passes its hf_token.txt to every container as HF_TOKEN; ours comes from the
+    # environment (passed by name, so it never shows on a command line).
+    hf_token: str | None = dataclasses.field(default=None, repr=False)
 
 
 @dataclasses.dataclass
@@ -173,9 +177,11 @@ def _split(text: Any) -> list[str]:
     return shlex.split(str(text)) if text else []
 
 
-def _env(experiment: Any, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+def _env(experiment: Any, host: HostFacts, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {str(k): "" if v is None else str(v) for k, v in (experiment.env or {}).items()}
     env.update(extra or {})
+    if host.hf_token:
+        env["HF_TOKEN"] = host.hf_token
     return env
 
 
@@ -191,30 +197,30 @@ def fmbench_specs(experiment: Any, host: HostFacts) -> list[ContainerSpec]:
     image = str(experiment.image_uri or "").strip()
     model = str(experiment.model_id or "")
     cli = _split(spec.get("cli_params"))
-    privileged = bool((getattr(experiment, "ec2", None) or {}).get("privileged_mode") or False)
+    privileged = bool((experiment.ec2 or {}).get("privileged_mode") or False)
     common: dict[str, Any] = dict(container_port=port, request_path=route,
                                   health_path=_HEALTH[kind], privileged=privileged)
     if kind == VLLM:
-        return [ContainerSpec(image, ["--model", model], env=_env(experiment), ipc_host=True,
+        return [ContainerSpec(image, ["--model", model], env=_env(experiment, host), ipc_host=True,
                               **common)]
     if kind == VLLM_GPU:
-        return [ContainerSpec(image, ["--model", model, *cli], env=_env(experiment),
+        return [ContainerSpec(image, ["--model", model, *cli], env=_env(experiment, host),
                               ipc_host=True, gpus="all", **common)]
     if kind == SGLANG:
         volumes = ([f"{host.home}/.cache/huggingface:/root/.cache/huggingface"]
                    if host.hf_cache_exists else [])
         args = ["python3", "-m", "sglang.launch_server", "--model", model,
                 "--trust-remote-code", "--port", str(port), *cli]
-        return [ContainerSpec(image, args, env=_env(experiment), gpus="all", shm_size="32g",
+        return [ContainerSpec(image, args, env=_env(experiment, host), gpus="all", shm_size="32g",
                               ipc_host=True, volumes=volumes, **common)]
     if kind == LLAMA_SERVER:
         args = ["--model", model, "--host", "0.0.0.0", "--port", str(port), *cli]
-        return [ContainerSpec(image, args, env=_env(experiment),
+        return [ContainerSpec(image, args, env=_env(experiment, host),
                               gpus="all" if host.gpu_count else None, **common)]
     if kind == OLLAMA:
         if not image or image == "ec2" or not re.search(r"[/:]", image):
             image = OLLAMA_IMAGE  # FMBench's configs say image_uri: ec2 (Ollama on the host)
-        return [ContainerSpec(image, [], env=_env(experiment, {"OLLAMA_HOST": f"0.0.0.0:{port}"}),
+        return [ContainerSpec(image, [], env=_env(experiment, host, {"OLLAMA_HOST": f"0.0.0.0:{port}"}),
                               gpus="all" if host.gpu_count else None,
                               volumes=[f"{host.home}/.ollama:/root/.ollama"],
                               after_start=[["ollama", "pull", model]], **common)]
@@ -233,11 +239,13 @@ def _djl_specs(experiment: Any, spec: dict[str, Any], host: HostFacts, image: st
     copies, per_copy = model_copies(spec.get("model_copies", 1), tp_degree=tp_degree,
                                     devices=devices, neuron=neuron)
     shm = spec.get("shm_size")
+    # One copy listens on ep_name's port; several on 8000, 8001, ... behind FMBench's nginx.
+    base_port = port if copies == 1 else _COPIES_BASE_PORT
     specs = []
     for copy in range(copies):
         offset = copy * per_copy
-        copy_port = port + copy
-        env = _env(experiment)
+        copy_port = base_port + copy
+        env = _env(experiment, host)
         gpus: list[int] | None = None
         neuron_devices: list[tuple[str, str]] = []
         if neuron:
