@@ -474,8 +474,10 @@ class Experiment(Section):
 
     @property
     def unused_fmbench_keys(self) -> list[str]:
-        """FMBench's deploy-script keys count as acted on only where a SageMaker deploy uses them."""
+        """FMBench's deploy-script keys count as acted on only where a deploy uses them."""
         unused = list(self._unused)
+        if self.ec2 is not None and self.resolved_backend != "container":
+            unused.append("ec2")  # read only where the container backend deploys
         if self.resolved_backend != "sagemaker" or not self.deploy:
             unused += [key for key, value in (("serving.properties", self.serving_properties),
                                               ("bucket", self.bucket)) if value is not None]
