@@ -14,6 +14,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,18 @@ def container_config(image: str, *, iters: int = 3, concurrency: str = "[1, 2]",
             payload_files: [payload_all.jsonl]
             concurrency_levels: {concurrency}
         """)
+
+
+def slowly(condition: Callable[[], bool], every_s: float = 0.5) -> Callable[[], bool]:
+    """``condition`` asked at most every ``every_s`` (each asks podman: not every 50 ms)."""
+    last = [0.0]
+
+    def ask() -> bool:
+        if time.monotonic() - last[0] < every_s:
+            return False
+        last[0] = time.monotonic()
+        return condition()
+    return ask
 
 
 def run_id_of(results: Path) -> str:
@@ -169,7 +183,7 @@ def test_killed_mid_case_no_container_of_the_run_is_left(
             process.kill()
     assert started
     try:
-        took = wait_until(lambda: containers_of(run_id) == [], 60,
+        took = wait_until(slowly(lambda: containers_of(run_id) == []), 60,
                           "the reaper to remove the container")
     finally:  # never leave it running, even when the reaper failed
         remove_run(run_id)
@@ -203,8 +217,9 @@ def test_sweep_removes_a_labelled_leftover_and_nothing_else(server_image: str) -
         assert containers_of(run_id) == [theirs]  # without created-by: not ours, left alone
         assert "sweep: found 0" in sweep().stdout
     finally:
-        subprocess.run([podman(), "rm", "-f", ours, theirs], capture_output=True, timeout=60,
-                       check=False)
+        for name in (ours, theirs):  # one by one: a missing name fails the whole command
+            subprocess.run([podman(), "rm", "-f", name], capture_output=True, timeout=60,
+                           check=False)
 
 
 def test_fmbench_ec2_config_deploys_its_container_end_to_end(
@@ -249,3 +264,46 @@ def test_fmbench_ec2_config_deploys_its_container_end_to_end(
 
 def shutil_copy(source: Path, target: Path) -> None:
     target.write_bytes(source.read_bytes())
+
+
+def test_a_sigkilled_xdist_workers_container_is_removed_while_the_run_goes_on(
+        pytester: pytest.Pytester, runtime_env: str) -> None:
+    (pytester.path / "test_bench.py").write_text(BENCHMARK_TEST)
+    text = container_config(runtime_env, iters=60)
+    experiment = text[text.index("  - name: served"):]
+    pytester.makefile(".yml", cfg=text + experiment.replace("name: served", "name: other"))
+    process = start_pytest(pytester.path, "-n", "2", "--fmbench-config=cfg.yml",
+                           "--fmbench-results-dir=out", xdist=True)
+    out = pytester.path / "out"
+
+    def served_intent() -> dict[str, Any] | None:
+        for path in out.glob("journal-gw*.jsonl"):
+            for line in rows(path):
+                if line["op"] == "intent" and line["experiment"] == "served":
+                    return line
+        return None
+
+    run_id = ""
+    try:
+        wait_until(slowly(lambda: served_intent() is not None and len(
+            containers_of(str((served_intent() or {}).get("run_id")))) == 2),
+                   120, "both experiments' containers", process)
+        intent = served_intent()
+        assert intent is not None
+        run_id, crashed = str(intent["run_id"]), str(intent["plan"]["name"])
+        os.kill(intent["pid"], signal.SIGKILL)  # the worker serving "served"
+        took = wait_until(slowly(lambda: crashed not in containers_of(run_id)), 60,
+                          "the crashed worker's container to be removed")
+        still_running = process.poll() is None
+        output, _ = process.communicate(timeout=240)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        if run_id:
+            wait_until(slowly(lambda: containers_of(run_id) == []), 60,
+                       "every container of the run gone")
+            remove_run(run_id)
+    print(f"removed the SIGKILLed worker's container {took:.1f} s after the kill")
+    assert still_running, "removed only at session end"
+    assert "missing cases (1)" in output and "left by crashed worker gw" in output
+    assert containers_of(run_id) == []
