@@ -198,8 +198,8 @@ def fmbench_specs(experiment: Any, host: HostFacts) -> list[ContainerSpec]:
     model = str(experiment.model_id or "")
     cli = _split(spec.get("cli_params"))
     privileged = bool((experiment.ec2 or {}).get("privileged_mode") or False)
-    common: dict[str, Any] = dict(container_port=port, request_path=route,
-                                  health_path=_HEALTH[kind], privileged=privileged)
+    common: dict[str, Any] = {"container_port": port, "request_path": route,
+                              "health_path": _HEALTH[kind], "privileged": privileged}
     if kind == VLLM:
         return [ContainerSpec(image, ["--model", model], env=_env(experiment, host), ipc_host=True,
                               **common)]
