@@ -269,7 +269,7 @@ def shutil_copy(source: Path, target: Path) -> None:
 def test_a_sigkilled_xdist_workers_container_is_removed_while_the_run_goes_on(
         pytester: pytest.Pytester, runtime_env: str) -> None:
     (pytester.path / "test_bench.py").write_text(BENCHMARK_TEST)
-    text = container_config(runtime_env, iters=60)
+    text = container_config(runtime_env, iters=20)
     experiment = text[text.index("  - name: served"):]
     pytester.makefile(".yml", cfg=text + experiment.replace("name: served", "name: other"))
     process = start_pytest(pytester.path, "-n", "2", "--fmbench-config=cfg.yml",

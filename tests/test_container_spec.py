@@ -188,3 +188,12 @@ def test_labels_name_the_run_and_experiment() -> None:
     assert specs.labels("r1", "exp") == {"fmbench.run-id": "r1",
                                          "fmbench.created-by": "pytest-fmbench",
                                          "fmbench.experiment": "exp"}
+
+
+def test_the_case_deadline_covers_the_model_loading_timeout(tmp_path: Path) -> None:
+    from pytest_fmbench import timeouts
+
+    experiment = fmbench_experiment("llama3.2/1b/config-llama3.2-1b-m7a-24xlarge-ec2.yml", tmp_path)
+    assert specs.startup_timeout_s(experiment) == 2400.0  # ec2.model_loading_timeout
+    assert timeouts.deploy_bound_s(experiment) == 2400.0 + timeouts.CONTAINER_START_S
+    assert timeouts.teardown_bound_s(experiment) >= specs.DEFAULT_STOP_TIMEOUT_S

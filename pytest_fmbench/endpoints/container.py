@@ -47,7 +47,6 @@ from pytest_fmbench.endpoints.registry import EndpointContext
 from pytest_fmbench.errors import ConfigError, EndpointError
 from pytest_fmbench.runlog import LOGS_DIR, private_log_path, publish_log
 
-DEFAULT_STARTUP_TIMEOUT_S = 1800.0
 _POLL_S = 0.5
 _ALTERNATIVES = ("install Podman or Docker (or set FMBENCH_CONTAINER_RUNTIME to its path), or "
                  "start the server yourself and set 'deploy: no' with ep_name pointing at it, or "
@@ -96,19 +95,6 @@ def settings_spec(settings: ContainerSettings) -> specs.ContainerSpec:
                                health_path="/" + path.lstrip("/"), request_path=request)
 
 
-def _timeout(experiment: Experiment, settings: ContainerSettings | None) -> float:
-    if settings is not None and settings.startup_timeout_s:
-        return settings.startup_timeout_s
-    for source in (experiment.ec2 or {}, experiment.inference_spec.model_extra or {}):
-        value = source.get("model_loading_timeout")
-        try:
-            if value is not None and float(value) > 0:
-                return float(value)
-        except (TypeError, ValueError):
-            pass
-    return DEFAULT_STARTUP_TIMEOUT_S
-
-
 class ContainerEndpoint:
     def __init__(self, config: Config, experiment: Experiment, context: EndpointContext) -> None:
         self.preflight(config, experiment)
@@ -122,8 +108,8 @@ class ContainerEndpoint:
         self.runtime: Runtime = runtime
         self.kind = "custom" if self.settings is not None else specs.container_type_of(experiment)
         self.timeout_s = config.load_for(experiment).request_timeout_s or 120.0
-        self.startup_timeout_s = _timeout(experiment, self.settings)
-        self.stop_timeout_s = self.settings.stop_timeout_s if self.settings else 5.0
+        self.startup_timeout_s = specs.startup_timeout_s(experiment)
+        self.stop_timeout_s = specs.stop_timeout_s(experiment)
         # Known before deploy, so the journal names the container before it exists.
         self.container_name = (f"fmbench-{experiment.safe_name[:40]}-{context.run_id[:12]}-"
                                f"{secrets.token_hex(3)}").lower()

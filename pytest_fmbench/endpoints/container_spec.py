@@ -113,6 +113,31 @@ class UnsupportedContainer(ValueError):
     """The experiment's container cannot be started by us (the message says why)."""
 
 
+DEFAULT_STARTUP_TIMEOUT_S = 1800.0
+DEFAULT_STOP_TIMEOUT_S = 5.0
+
+
+def startup_timeout_s(experiment: Any) -> float:
+    """How long the server may take to answer: ``container.startup_timeout_s``, else FMBench's
+    ``ec2.model_loading_timeout`` (else ``inference_spec.model_loading_timeout``), else 1800 s."""
+    settings = experiment.container
+    if settings is not None and settings.startup_timeout_s:
+        return float(settings.startup_timeout_s)
+    for source in (experiment.ec2 or {}, experiment.inference_spec.model_extra or {}):
+        value = source.get("model_loading_timeout")
+        try:
+            if value is not None and float(value) > 0:
+                return float(value)
+        except (TypeError, ValueError):
+            pass
+    return DEFAULT_STARTUP_TIMEOUT_S
+
+
+def stop_timeout_s(experiment: Any) -> float:
+    settings = experiment.container
+    return float(settings.stop_timeout_s) if settings is not None else DEFAULT_STOP_TIMEOUT_S
+
+
 def container_type_of(experiment: Any) -> str:
     return str(experiment.inference_spec.container_type or DEFAULT_TYPE).strip().lower()
 
