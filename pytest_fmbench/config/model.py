@@ -478,9 +478,13 @@ class Experiment(Section):
         unused = list(self._unused)
         if self.ec2 is not None and self.resolved_backend != "container":
             unused.append("ec2")  # read only where the container backend deploys
-        if self.resolved_backend != "sagemaker" or not self.deploy:
-            unused += [key for key, value in (("serving.properties", self.serving_properties),
-                                              ("bucket", self.bucket)) if value is not None]
+        sagemaker_deploy = self.resolved_backend == "sagemaker" and self.deploy
+        # DJL containers (endpoints/container_spec.py) mount serving.properties too.
+        djl_container = self.resolved_backend == "container" and self.container is None
+        if not (sagemaker_deploy or djl_container):
+            unused += [key for key in ("serving.properties",) if self.serving_properties is not None]
+        if not sagemaker_deploy and self.bucket is not None:
+            unused.append("bucket")
         return unused
 
     @field_validator("model_version", mode="before")
