@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from pytest_fmbench.config.model import Config, Experiment, LoadSettings, RetrySettings
+from pytest_fmbench.endpoints import container_spec
 
 # Building payload files (tokenizing a dataset) and starting load processes happen inside the
 # first case of an experiment; neither has a timeout of its own.
@@ -28,6 +29,8 @@ MARGIN_FACTOR = 1.25
 # Tearing down: a process group gets its stop timeout; a SageMaker delete may retry and wait.
 SAGEMAKER_TEARDOWN_S = 900.0
 LOCAL_TEARDOWN_S = 60.0
+# A container's `run` beyond its server's start: pulling the image (several GB for vLLM).
+CONTAINER_START_S = 900.0
 # load.max_case_s: a load process still running this long after the deadline is killed.
 PROCESS_KILL_GRACE_S = 10.0
 
@@ -155,6 +158,8 @@ def deploy_bound_s(experiment: Experiment) -> float:
         return experiment.local.startup_timeout_s if experiment.local is not None else 300.0
     if backend == "openai" and experiment.openai is not None and experiment.openai.deploy:
         return experiment.openai.deploy.startup_timeout_s
+    if backend == "container":
+        return container_spec.startup_timeout_s(experiment) + CONTAINER_START_S
     return 0.0
 
 
@@ -164,6 +169,8 @@ def teardown_bound_s(experiment: Experiment) -> float:
         return SAGEMAKER_TEARDOWN_S
     if backend == "openai" and experiment.openai is not None and experiment.openai.deploy:
         return experiment.openai.deploy.stop_timeout_s + LOCAL_TEARDOWN_S
+    if backend == "container":
+        return container_spec.stop_timeout_s(experiment) + LOCAL_TEARDOWN_S
     return LOCAL_TEARDOWN_S
 
 

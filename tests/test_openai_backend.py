@@ -256,7 +256,11 @@ def test_fmbench_ec2_experiment_with_deploy_no_runs_against_its_url(pytester: py
     assert len(records) == 2 + 4 and all(r["error"] == "" for r in records)
 
 
-def test_fmbench_docker_deploy_yes_says_how_to_start_the_server(pytester: pytest.Pytester) -> None:
+def test_fmbench_docker_deploy_yes_without_a_runtime_says_what_else_to_do(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy: yes goes to the container backend (tests/test_container_e2e.py); without a
+    container runtime it is one usage error naming the experiment and the alternatives."""
+    monkeypatch.setenv("FMBENCH_CONTAINER_RUNTIME", "no-such-runtime")
     pytester.makepyfile(test_bench=BENCHMARK_TEST)
     pytester.makefile(".yml", cfg=config(
         fmbench_ec2("http://localhost:8000/v1/completions", deploy="yes")))
@@ -264,8 +268,8 @@ def test_fmbench_docker_deploy_yes_says_how_to_start_the_server(pytester: pytest
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     error = result.stderr.str()
     assert "experiments (llama3-8b-g5-vllm).deploy" in error
-    assert "deploy: yes" in error and "deploy: no" in error
-    assert "deploy:\n        command: \"vllm serve meta-llama/Meta-Llama-3-8B-Instruct --port $FMBENCH_PORT\"" in error
+    assert "experiment 'llama3-8b-g5-vllm' starts its server in a container" in error
+    assert "deploy: no" in error and "openai.deploy.command" in error
     assert "Traceback" not in error
 
 

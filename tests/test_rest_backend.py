@@ -121,3 +121,41 @@ def test_an_fmbench_eks_deployment_is_refused_at_startup_with_the_way_out() -> N
         preflight(cfg)
     text = error.value.render()
     assert "experiments (byo).deploy" in text and "eks_deploy.py" in text and "deploy: no" in text
+
+
+def test_djl_style_posts_inputs_and_parameters_and_reads_generated_text() -> None:
+    """DJL Serving's /invocations, as FMBench's ec2_predictor.py calls it (the container
+    backend's DJL containers): the echoed prompt is removed from generated_text."""
+    import http.server
+    import threading
+
+    from pytest_fmbench.endpoints.rest import DJL_STYLE
+
+    bodies: list[dict[str, Any]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+            bodies.append(body)
+            reply = json.dumps({"generated_text": body["inputs"] + " Paris."}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/invocations"
+        cfg = config("ec2_predictor.py", "http://unused:8080/invocations")
+        ep = RestEndpoint(cfg, cfg.experiments[0], context(), url=url, style=DJL_STYLE)
+        parameters = cfg.parameters_for(cfg.experiments[0])
+        [result] = invoke_all(ep, [InferenceRequest(PROMPT, parameters, 7)])
+    finally:
+        httpd.shutdown()
+    assert result.error == "" and result.text == " Paris."
+    assert bodies == [{"inputs": PROMPT, "parameters": {"max_tokens": 8, "temperature": 0.1}}]

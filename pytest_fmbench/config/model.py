@@ -30,7 +30,7 @@ from pytest_fmbench.config.fmbench_keys import FMBENCH_KEYS, fmbench_knows
 from pytest_fmbench.config.predictors import predictor_backend
 from pytest_fmbench.config.read_data import S3ReadData
 
-BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock", "rest")
+BUILTIN_BACKENDS = ("local", "openai", "sagemaker", "bedrock", "rest", "container")
 
 # The set FMBench 1.x's flat ``inference_parameters`` mapping is kept under; experiments
 # without ``inference_spec.parameter_set`` use it.
@@ -466,6 +466,35 @@ class OpenAISettings(Section):
     deploy: DeployCommand | None = None
 
 
+class ContainerSettings(Section):
+    """Ours: a server container started with Podman or Docker for the run, removed after it
+    (``endpoints/container.py``). FMBench's EC2 experiments (``deploy: yes``) get theirs from
+    ``image_uri`` and ``inference_spec``; set ``image`` here for any other server image."""
+
+    image: str | None = None
+    # Arguments after the image (the image's entry point receives them).
+    args: list[str] = Field(default_factory=list)
+    # The port the server listens on inside the container (published on a free loopback port).
+    port: int = Field(default=8000, ge=1, le=65535)
+    # A path ("/v1/models") or URL whose 2xx answer means ready; its host and port are ours.
+    health_url: str = "/v1/models"
+    # "all", a GPU count or a list of GPU indices; unset: no GPU.
+    gpus: str | int | list[int] | None = None
+    shm_size: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    # Extra `run` options, verbatim (volumes, ulimits, --ipc=host, ...).
+    run_args: list[str] = Field(default_factory=list)
+    # OpenAI API the requests use.
+    api: Literal["completions", "chat"] = "completions"
+    model: str | None = None
+    # podman, docker or a path; unset: FMBENCH_CONTAINER_RUNTIME, else docker if its daemon
+    # answers, else podman.
+    runtime: str | None = None
+    startup_timeout_s: float | None = Field(default=None, gt=0)
+    # SIGTERM, then SIGKILL after this long (0: at once).
+    stop_timeout_s: float = Field(default=5.0, ge=0)
+
+
 # Retries of a throttled request when ``retry.max_retries`` is unset; any other backend: 0.
 DEFAULT_MAX_RETRIES = {"bedrock": 3, "sagemaker": 0}
 
@@ -562,16 +591,25 @@ class Experiment(Section):
     openai: OpenAISettings | None = None
     sagemaker: SageMakerSettings | None = None
     bedrock: BedrockSettings | None = None
+    container: ContainerSettings | None = None
+    # FMBench's EC2 settings (model_loading_timeout, privileged_mode, gpu_or_neuron_setting).
+    ec2: dict[str, Any] | None = None
     load: LoadSettings | None = None
     markers: list[str] = Field(default_factory=list)
 
     @property
     def unused_fmbench_keys(self) -> list[str]:
-        """FMBench's deploy-script keys count as acted on only where a SageMaker deploy uses them."""
+        """FMBench's deploy-script keys count as acted on only where a deploy uses them."""
         unused = list(self._unused)
-        if self.resolved_backend != "sagemaker" or not self.deploy:
-            unused += [key for key, value in (("serving.properties", self.serving_properties),
-                                              ("bucket", self.bucket)) if value is not None]
+        if self.ec2 is not None and self.resolved_backend != "container":
+            unused.append("ec2")  # read only where the container backend deploys
+        sagemaker_deploy = self.resolved_backend == "sagemaker" and self.deploy
+        # DJL containers (endpoints/container_spec.py) mount serving.properties too.
+        djl_container = self.resolved_backend == "container" and self.container is None
+        if not (sagemaker_deploy or djl_container):
+            unused += [key for key in ("serving.properties",) if self.serving_properties is not None]
+        if not sagemaker_deploy and self.bucket is not None:
+            unused.append("bucket")
         return unused
 
     @field_validator("model_version", mode="before")
@@ -603,6 +641,10 @@ class Experiment(Section):
         """The backend named, or the one FMBench's scripts and endpoint name imply."""
         if self.backend:
             return self.backend
+        if self.container is not None:
+            return "container"
+        if self.deploys_ec2_container:
+            return "container"
         if predictor_backend(self.inference_script):  # FMBench's own predictors (predictors.py)
             return predictor_backend(self.inference_script)
         script = (self.inference_script or "").lower()
@@ -619,6 +661,16 @@ class Experiment(Section):
         if self.openai is not None:
             return "openai"
         return None
+
+    @property
+    def deploys_ec2_container(self) -> bool:
+        """FMBench's EC2 deployment (``deployment_script: ec2_deploy.py``, ``deploy: yes``):
+        the serving container runs on this machine (``endpoints/container.py``), unless
+        ``openai.deploy`` starts the server another way."""
+        script = (self.deployment_script or "").strip().replace("\\", "/").rsplit("/", 1)[-1]
+        return (self.deploy and script.lower() == "ec2_deploy.py"
+                and predictor_backend(self.inference_script) in (None, "openai")
+                and not (self.openai is not None and self.openai.deploy is not None))
 
     @property
     def instance_family(self) -> str | None:

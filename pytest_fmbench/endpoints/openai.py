@@ -11,8 +11,9 @@ FMBench's self-hosted experiments (``inference_script: ec2_predictor.py``,
 - ollama: FMBench calls ``/api/generate``; the same server's OpenAI-compatible API
   (``/v1/completions``, ``/v1/chat/completions`` for ``/api/chat``) is used instead;
 - triton / djl: their native APIs are not OpenAI-compatible: a clear error says what to do;
-- ``deploy: yes`` (FMBench deploys with docker): without ``openai.deploy.command`` the run
-  stops at configure time with a message saying how to start the server.
+- ``deploy: yes`` with ``deployment_script: ec2_deploy.py``: the container backend starts
+  FMBench's container (``container.py``); ``deploy: yes`` without it and without
+  ``openai.deploy.command``: the run stops at configure time saying how to start the server.
 
 The API key comes from the environment variable named by ``openai.api_key_env``; it is sent
 as ``Authorization: Bearer`` and never logged, described or recorded.

@@ -20,6 +20,7 @@ _BUILTIN = {
     "sagemaker": "pytest_fmbench.endpoints.sagemaker:SageMakerEndpoint",
     "bedrock": "pytest_fmbench.endpoints.bedrock:BedrockEndpoint",
     "rest": "pytest_fmbench.endpoints.rest:RestEndpoint",
+    "container": "pytest_fmbench.endpoints.container:ContainerEndpoint",
 }
 
 

@@ -30,6 +30,10 @@ from pytest_fmbench.endpoints.registry import EndpointContext
 from pytest_fmbench.errors import ConfigError
 
 CUSTOM, SENTENCE, PATH = "custom", "sentence", "path"
+# DJL Serving's /invocations (FMBench's ec2_predictor.py for container_type djl): POST
+# {"inputs": prompt, "parameters": {...}}, the answer in generated_text; used by the
+# container backend for the DJL containers it starts.
+DJL_STYLE = "djl"
 STYLES = {"custom_rest_predictor.py": CUSTOM, "rest_predictor.py": SENTENCE,
           "eks_predictor.py": PATH}
 
@@ -39,12 +43,13 @@ def style_of(experiment: Experiment) -> str:
 
 
 class RestEndpoint:
-    def __init__(self, config: Config, experiment: Experiment, context: EndpointContext) -> None:
+    def __init__(self, config: Config, experiment: Experiment, context: EndpointContext, *,
+                 url: str | None = None, style: str | None = None) -> None:
         self.name = experiment.name
         self.experiment = experiment
         self.context = context
-        self.style = style_of(experiment)
-        self.url = str(experiment.ep_name or "")
+        self.style = style or style_of(experiment)
+        self.url = url or str(experiment.ep_name or "")
         self.headers = dict(experiment.inference_spec.headers)
         self.model_id = experiment.inference_spec.model_id
         self.parameters = config.parameters_for(experiment)
@@ -107,8 +112,12 @@ class RestEndpoint:
         if self.style == PATH:
             url = f"{self.url.rstrip('/')}/{urllib.parse.quote(request.prompt, safe='')}"
             return urllib.request.Request(url, headers=self.headers, method="GET")
-        body = {"model_id": self.model_id, "prompt": request.prompt,
-                **(request.parameters or self.parameters)}
+        if self.style == DJL_STYLE:
+            body: dict[str, Any] = {"inputs": request.prompt,
+                                    "parameters": request.parameters or self.parameters}
+        else:
+            body = {"model_id": self.model_id, "prompt": request.prompt,
+                    **(request.parameters or self.parameters)}
         headers = {"Content-Type": "application/json", **self.headers}
         return urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers,
                                       method="POST")
@@ -143,7 +152,7 @@ class RestEndpoint:
 
     def parse(self, data: bytes, prompt: str) -> tuple[str, int | None, int | None]:
         """(answer text, server prompt tokens, server completion tokens)."""
-        if self.style != CUSTOM:
+        if self.style not in (CUSTOM, DJL_STYLE):
             text = data.decode("utf-8", errors="replace")
             # FMBench's REST predictors strip the echoed prompt and JSON-ish quoting.
             return text.replace(prompt, "", 1).strip('["]?\n \t'), None, None
@@ -153,6 +162,9 @@ class RestEndpoint:
             raise ValueError(f"the server's reply is not JSON: {exc.msg}: {data[:200]!r}") from None
         if not isinstance(reply, dict):
             raise ValueError(f"expected a JSON object with 'completions', got {data[:200]!r}")  # noqa: TRY004 - a bad reply, not a bad argument
+        if self.style == DJL_STYLE:
+            # FMBench's predictor removes the echoed prompt from DJL's answer.
+            return str(reply.get("generated_text") or "").replace(prompt, "", 1), None, None
         completions = reply.get("completions") or [{}]
         text = str((completions[0] or {}).get("text", "")) if isinstance(completions, list) else ""
         usage: dict[str, Any] = reply["usage"] if isinstance(reply.get("usage"), dict) else {}

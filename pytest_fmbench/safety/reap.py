@@ -5,7 +5,9 @@ One function for every caller (the reaper, the controller's orphan cleanup, ``sw
 - ``process``: the processes carrying the server's cookie, and the group leader only if its
   start time still matches (``endpoints/process.py``);
 - ``sagemaker``: endpoint, endpoint config and model, each only if tagged with the run id,
-  waiting out ``Creating`` and retrying throttled calls (``safety/sagemaker.py``).
+  waiting out ``Creating`` and retrying throttled calls (``safety/sagemaker.py``);
+- ``container``: a Podman/Docker container by name, only if its ``fmbench.run-id`` label
+  matches (``endpoints/container_runtime.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pytest_fmbench.endpoints import process
+from pytest_fmbench.endpoints import container_runtime, process
+from pytest_fmbench.endpoints.container_spec import LABEL_RUN_ID
 from pytest_fmbench.safety import sagemaker
 
 Log = Callable[[str], None]
@@ -42,6 +45,17 @@ def reap_plan(plan: dict[str, Any], *, log: Log = print, dry_run: bool = False,
                 poll_s=poll_s if poll_s is not None else float(plan.get("poll_s") or 5.0))
         except sagemaker.DeleteFailed as exc:
             raise ReapFailed(str(exc)) from exc
+    if kind == "container":
+        runtime = container_runtime.Runtime.from_json(plan)
+        name, run_id = str(plan.get("name")), str(plan.get("run_id"))
+        if dry_run:
+            owner = container_runtime.label_of(runtime, name, LABEL_RUN_ID)
+            return [f"container/{name}"] if owner == run_id else []
+        try:
+            outcome = container_runtime.remove_if_ours(runtime, name, run_id)
+        except container_runtime.ContainerCommandFailed as exc:
+            raise ReapFailed(str(exc)) from exc
+        return [f"container/{name}"] if outcome == "removed" else []
     raise ReapFailed(f"unknown plan kind {kind!r}: nothing done")
 
 
@@ -57,6 +71,8 @@ def describe_plan(plan: dict[str, Any]) -> str:
     if plan.get("kind") == "sagemaker":
         names = ", ".join(f"{k} {n}" for k, n in plan.get("resources") or [])
         return f"SageMaker {names} in {plan.get('region')}"
+    if plan.get("kind") == "container":
+        return f"container {plan.get('name')} ({plan.get('runtime')})"
     if plan.get("kind") == "process":
         info = plan.get("process") or {}
         return f"server process group {info.get('pid')} (cookie {str(info.get('cookie'))[:8]}...)"

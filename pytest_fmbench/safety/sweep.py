@@ -8,7 +8,9 @@ lid), and as a CI step that always runs (``if: always()``):
   an endpoint is deleted first, waiting out ``Creating``, then its config, then its model.
   Anything without our tags is never touched (a bring-your-own endpoint, another tool's);
 - server process groups from the journals in ``--results-dir`` (searched recursively) that
-  were not torn down, identified by cookie and start time (never by a bare pid).
+  were not torn down, identified by cookie and start time (never by a bare pid);
+- with ``--containers``: Podman/Docker containers labelled ``fmbench.created-by=pytest-fmbench``
+  (and ``fmbench.run-id=<id>`` with ``--run-id``), running or stopped, on this machine.
 
 Exit status: 0 nothing is left (nothing found, or all of it deleted; with ``--dry-run``:
 nothing found), 1 something is left (a delete failed; with ``--dry-run``: something found),
@@ -50,7 +52,7 @@ def parse_duration(text: str) -> float:
 
 @dataclasses.dataclass
 class Leftover:
-    kind: str  # endpoint | endpoint-config | model | process
+    kind: str  # endpoint | endpoint-config | model | process | container
     name: str
     run_id: str
     created: float | None = None
@@ -125,8 +127,30 @@ def find_processes(results_dir: Path, *, run_id: str | None = None,
     return found
 
 
+def find_containers(*, run_id: str | None = None, older_than_s: float = 0.0) -> list[Leftover]:
+    """Labelled containers of every runtime that answers (Podman, Docker)."""
+    from pytest_fmbench.endpoints import container_runtime
+
+    found: list[Leftover] = []
+    cutoff = time.time() - older_than_s
+    for runtime in container_runtime.runtimes_present():
+        for item in container_runtime.list_ours(runtime, run_id):
+            created = item["created"]
+            if older_than_s and (created is None or created > cutoff):
+                continue
+            plan = {"kind": "container", "name": item["name"], "run_id": item["run_id"],
+                    **runtime.to_json()}
+            found.append(Leftover("container", item["name"], item["run_id"], created, plan))
+    return found
+
+
 def delete(leftover: Leftover, sm: Any, *, log: Callable[[str], None],
            deadline_s: float, poll_s: float) -> None:
+    if leftover.kind == "container":
+        assert leftover.plan is not None
+        if not reap_plan(leftover.plan, log=log):
+            raise ReapFailed(f"container {leftover.name} lost our label or is gone: left alone")
+        return
     if leftover.kind == "process":
         assert leftover.plan is not None
         reap_plan(leftover.plan, log=log)
@@ -155,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path,
                         help="also stop server processes journaled under this directory")
     parser.add_argument("--no-sagemaker", action="store_true", help="skip SageMaker")
+    parser.add_argument("--containers", action="store_true",
+                        help="also remove Podman/Docker containers labelled as pytest-fmbench's")
     parser.add_argument("--wait", default="1h", metavar="DURATION",
                         help="how long to wait for an endpoint to leave Creating (default 1h)")
     args = parser.parse_args(argv)
@@ -169,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sm: Any = None
     region = args.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not args.no_sagemaker:
-        if not region and not args.results_dir:
+        if not region and not args.results_dir and not args.containers:
             print("sweep: no AWS region: pass --region (or set AWS_REGION), or --no-sagemaker "
                   "with --results-dir", file=sys.stderr)
             return 2
@@ -184,6 +210,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.results_dir:
         leftovers += find_processes(args.results_dir, run_id=args.run_id,
                                     older_than_s=older_than_s)
+    if args.containers:
+        try:
+            leftovers += find_containers(run_id=args.run_id, older_than_s=older_than_s)
+        except Exception as exc:  # noqa: BLE001 - one clear line, no traceback
+            print(f"sweep: cannot list containers: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
     failed = 0
     for leftover in leftovers:
         if args.dry_run:

@@ -152,6 +152,7 @@ class FakeOpenAIServer:
     async def _startup(self) -> None:
         app = web.Application()
         app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/completions", self._complete)
         app.router.add_post("/v1/chat/completions", self._complete)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
@@ -172,6 +173,10 @@ class FakeOpenAIServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
+
+    async def _models(self, request: web.Request) -> web.Response:
+        # What vLLM, SGLang and llama.cpp answer once the model is loaded (a readiness probe).
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
     async def _complete(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -332,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
     parser.add_argument("--require-header", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--require-query", action="append", default=[], metavar="KEY=VALUE")
+    # Accepted like vLLM's (a container image's entry point gets `--model ID` appended).
+    parser.add_argument("--model", default=None, help="the model id (only logged)")
     args = parser.parse_args(argv)
     behaviour = ServerBehaviour(ttft_s=args.ttft, token_delay_s=args.token_delay,
                                 fault=args.fault, fault_every=args.fault_every,
