@@ -1,4 +1,9 @@
-"""Expanding a config into cases: experiment × payload file × concurrency."""
+"""Expanding a config into cases: experiment × payload file × load level.
+
+A load level is a concurrency level (``-c4``, the experiment's ``load.pattern``), an open-loop
+rate (``-r8``, ``rates:``), a sweep (``-sweep``) or an SLO search (``-slo``); the last two choose
+their rates at run time, inside one case (docs/load-levels.md).
+"""
 
 from __future__ import annotations
 
@@ -21,10 +26,18 @@ class Case:
     markers: tuple[str, ...]
     # Set when the case cannot run and FMBench would skip it too (pytest skips it).
     skip_reason: str | None = None
+    # "" (a concurrency level), "rate", "sweep" or "slo_search"; ``rate``: the rate level's.
+    level_kind: str = ""
+    rate: float | None = None
 
     @property
     def id(self) -> str:
-        return case_id(self.experiment, self.payload_file, self.concurrency)
+        return case_id(self.experiment, self.payload_file, self.concurrency, self.level)
+
+    @property
+    def level(self) -> str:
+        """The level's label in ids and records: "" for a concurrency level."""
+        return level_label(self.level_kind, self.rate)
 
     @property
     def payload_name(self) -> str:
@@ -36,9 +49,17 @@ def payload_stem(payload_file: str) -> str:
     return payload_file.removesuffix(".jsonl")
 
 
-def case_id(experiment: str, payload_file: str, concurrency: int) -> str:
+def case_id(experiment: str, payload_file: str, concurrency: int, level: str = "") -> str:
+    """``exp-payload-c4``; a load level replaces the concurrency: ``exp-payload-r8``."""
     safe = re.sub(r"[^A-Za-z0-9_.\-]+", "-", experiment).strip("-")
-    return f"{safe}-{payload_stem(payload_file)}-c{concurrency}"
+    return f"{safe}-{payload_stem(payload_file)}-{level or f'c{concurrency}'}"
+
+
+def level_label(kind: str, rate: float | None = None) -> str:
+    """``r8``, ``r0.5`` for a rate; ``sweep``, ``slo`` for the cases that choose rates."""
+    if kind == "rate" and rate is not None:
+        return f"r{rate:g}"
+    return {"sweep": "sweep", "slo_search": "slo"}.get(kind, "")
 
 
 def marker_name(text: str) -> str:
@@ -69,11 +90,27 @@ def expand_cases(config: Config) -> list[Case]:
             for concurrency in experiment.concurrency_levels:
                 cases.append(Case(experiment.name, payload_file, concurrency, index, markers,
                                   skip))
+            cases += _level_cases(config, experiment, payload_file, index, markers, skip)
     ids = [c.id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ValueError(f"case ids collide: {', '.join(duplicates)}")
     return cases
+
+
+def _level_cases(config: Config, experiment: Experiment, payload_file: str, index: int,
+                 markers: tuple[str, ...], skip: str | None) -> list[Case]:
+    """The open-loop levels of one experiment × payload file, after its concurrency levels.
+    Their ``concurrency`` is the client's cap on requests in flight (``load.max_in_flight``)."""
+    settings = config.load_for(experiment)
+    cap = settings.max_in_flight or 1024
+    out = [Case(experiment.name, payload_file, cap, index, markers, skip, "rate", level.rate)
+           for level in config.rate_levels(experiment)]
+    if settings.sweep is not None:
+        out.append(Case(experiment.name, payload_file, cap, index, markers, skip, "sweep"))
+    if settings.slo_search is not None:
+        out.append(Case(experiment.name, payload_file, cap, index, markers, skip, "slo_search"))
+    return out
 
 
 def all_markers(config: Config) -> list[str]:

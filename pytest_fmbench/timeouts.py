@@ -67,7 +67,7 @@ def request_bound_s(load: LoadSettings, retry: RetrySettings | None, backend: st
 
 def load_bound_s(load: LoadSettings, experiment: Experiment, request_s: float) -> float:
     """The longest the load of any case of the experiment can run."""
-    unbounded = _load_bound_s(load, experiment, request_s)
+    unbounded = _load_bound_s(load, experiment, request_s) * _rounds(load)
     if load.max_case_s is not None:
         # The case's own deadline; its load processes get 10 s more before they are killed.
         return min(unbounded, load.max_case_s + PROCESS_KILL_GRACE_S)
@@ -75,7 +75,8 @@ def load_bound_s(load: LoadSettings, experiment: Experiment, request_s: float) -
 
 
 def _load_bound_s(load: LoadSettings, experiment: Experiment, request_s: float) -> float:
-    concurrency = min(experiment.concurrency_levels)  # fewest in flight: the most rounds
+    # fewest in flight: the most rounds (load levels only: the slowest is one at a time)
+    concurrency = min(experiment.concurrency_levels, default=1)
     max_iters = load.max_iters_per_combination or 105
     if load.pattern == "waves":
         return max_iters * request_s  # each wave ends when its slowest request does
@@ -88,9 +89,24 @@ def _load_bound_s(load: LoadSettings, experiment: Experiment, request_s: float) 
         None if load.duration_s is not None else max_iters * concurrency)
     if requests is not None:
         rounds = math.ceil(requests / concurrency) * request_s
-        schedule = requests / load.rate if load.pattern == "rate" and load.rate else 0.0
+        rates = [level.rate for level in (experiment.rates or load.rates or [])]
+        if load.pattern == "rate" and load.rate:
+            rates.append(load.rate)
+        schedule = requests / min(rates) if rates else 0.0
         bounds.append(warmup + schedule + rounds)
     return min(bounds)
+
+
+def _rounds(load: LoadSettings) -> int:
+    """How many loads one case may run: its repeats, times the levels of a sweep or search
+    (each level bounded like one case)."""
+    levels = 1
+    if load.sweep is not None:
+        levels = max(levels, load.sweep.levels + 1)
+    if load.slo_search is not None:
+        per_level = load.requests or 100
+        levels = max(levels, 2 + math.ceil(load.slo_search.max_requests / per_level))
+    return (load.repeats or 1) * levels
 
 
 def deploy_bound_s(experiment: Experiment) -> float:

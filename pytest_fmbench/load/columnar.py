@@ -56,6 +56,9 @@ RECORD_SCHEMA = pa.schema([
     ("queued", pa.bool_()),
     ("loop_lag_us", pa.int64()),
     ("saturated", pa.bool_()),
+    ("level", pa.string()),
+    ("rate", pa.float64()),
+    ("repeat", pa.int64()),
 ])
 
 

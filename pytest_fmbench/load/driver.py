@@ -38,6 +38,10 @@ class RecordContext:
     concurrency: int
     case_id: str
     worker: str = ""
+    # The load level (records.RequestRecord.level / rate / repeat).
+    level: str = ""
+    rate: float | None = None
+    repeat: int = 0
 
     def record(self, done: Completed) -> RequestRecord:
         result, request = done.result, done.request
@@ -55,6 +59,7 @@ class RecordContext:
             wave=done.wave, retries=result.retries, retry_wait_ns=result.retry_wait_ns,
             worker=self.worker, itl_us=result.itl_us,
             queued=done.queued, loop_lag_us=done.loop_lag_us, saturated=done.saturated,
+            level=self.level, rate=self.rate, repeat=self.repeat,
         )
 
 
@@ -71,6 +76,8 @@ class LoadStats:
     # Requests in flight when the case deadline (load.max_case_s) ended the case.
     cut_off: int = 0
     deadline_hit: bool = False
+    # Why the rate pattern stopped early (the saturation stop); "" when it did not.
+    saturation_stop: str = ""
     # first sent - scheduled (µs) of requests that did not queue, and the waits of those
     # that did; the retry waits (µs) of requests retried after throttling.
     dispatch_us: list[int] = dataclasses.field(default_factory=list)
@@ -88,6 +95,7 @@ class LoadStats:
         self.retry_wait_us += other.retry_wait_us
         self.cut_off += other.cut_off
         self.deadline_hit = self.deadline_hit or other.deadline_hit
+        self.saturation_stop = self.saturation_stop or other.saturation_stop
 
     def dispatch_p(self, q: float) -> float:
         """A percentile of the dispatch delay in ms (0 without data)."""
@@ -191,6 +199,7 @@ async def drive(plan: LoadPlan, client: EndpointClient, requests: Sequence[Infer
         await monitor.stop()
         await client.aclose()
     collector.stats.max_loop_lag_us = monitor.max_lag_ns // 1000
+    collector.stats.saturation_stop = dispatcher.saturation
     return collector.stats
 
 

@@ -53,6 +53,8 @@ class LoadPlan:
     processes: int = 1
     process_index: int = 0
     start_ns: int | None = None  # the shared start on the timeline; None: at once
+    # rate only: stop sending once the backlog keeps growing (load/levels.SaturationWatch).
+    saturation_stop: bool = False
 
     def for_process(self, index: int, start_ns: int) -> LoadPlan:
         return dataclasses.replace(self, process_index=index, start_ns=start_ns)
@@ -101,6 +103,8 @@ class Dispatcher:
         self.in_flight = 0
         # Set at the case deadline: requests in flight end as cut-off records, none start.
         self.cut_off = False
+        # Why a pattern stopped sending early because the endpoint could not keep up ("": no).
+        self.saturation = ""
         self._tasks: set[asyncio.Task[object]] = set()
 
     async def send(self, request_id: int, request: InferenceRequest, scheduled_ns: int, *,

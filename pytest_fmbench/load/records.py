@@ -81,6 +81,12 @@ class RequestRecord:
     queued: bool = False
     loop_lag_us: int | None = None
     saturated: bool = False
+    # The load level (docs/load-levels.md): "" for a concurrency level, else ``r8`` (a rate
+    # level), or the level a sweep or SLO search chose (``sweep-r12.5``, ``probe``); the
+    # offered rate (requests/s) of an open-loop level; which repeat of the level (0-based).
+    level: str = ""
+    rate: float | None = None
+    repeat: int = 0
 
     @property
     def ok(self) -> bool:
@@ -94,6 +100,11 @@ class RequestRecord:
     def first_sent_ns(self) -> int:
         """When the first attempt was sent (``sent_ns`` unless the request was retried)."""
         return self.sent_ns - (self.retry_wait_ns or 0)
+
+    @property
+    def response_time_s(self) -> float:
+        """``last_byte − scheduled``: latency plus any wait before sending (open-loop queueing)."""
+        return (self.last_byte_ns - self.scheduled_ns) / 1e9
 
     @property
     def ttft_s(self) -> float | None:
