@@ -168,7 +168,7 @@ def test_regressions_against_an_earlier_run_gate_the_exit_status(
                                   f"--fmbench-compare={twenty}",
                                   "--fmbench-compare-fail=latency_p95:+10%")
     assert tripped.ret == pytest.ExitCode.TESTS_FAILED
-    tripped.stdout.fnmatch_lines(["*REGRESSION latency_p95 * (+*%) (limit latency_p95:+10%): alpha-payload_a-c1*"])
+    tripped.stdout.fnmatch_lines(["*REGRESSION latency_p95 * (+*%, 95% CI of the change *) (limit latency_p95:+10%): alpha-payload_a-c1*"])
     assert "## Missing cases and comparison" in (recording.path / "second" / "report.md").read_text()
 
     within = recording.runpytest(*ARGS, "--fmbench-results-dir=third", f"--fmbench-compare={five}",
