@@ -468,9 +468,8 @@ class BenchmarkRun:
             return
         self.levels_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.levels_path, "a", encoding="utf-8") as handle:
-            for line in lines:
-                handle.write(json.dumps({"run_id": self.run_id, "worker": self.worker, **line})
-                             + "\n")
+            handle.writelines(json.dumps({"run_id": self.run_id, "worker": self.worker, **line})
+                              + "\n" for line in lines)
 
     def close(self) -> None:
         live = self.endpoints.live

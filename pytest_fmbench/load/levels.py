@@ -27,6 +27,7 @@ Nothing here imports pytest; the statistics take plain sequences of values.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -71,7 +72,7 @@ class SaturationWatch:
         self.means.append(self._sum / self._count)
         self._sum = self._count = 0
         last = self.means[-WINDOWS:]
-        if len(last) == WINDOWS and all(b > a for a, b in zip(last, last[1:])) \
+        if len(last) == WINDOWS and all(b > a for a, b in itertools.pairwise(last)) \
                 and last[-1] >= GROWTH * (last[0] + 1):
             self.reason = (f"backlog kept growing: {' → '.join(f'{m:.0f}' for m in last)} "
                            f"requests (means of {self.window} arrivals)")

@@ -25,7 +25,7 @@ import platform
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -300,12 +300,12 @@ def compare(current: Mapping[str, Mapping[str, Any]], baseline: Mapping[str, Map
             changes.append(Change(case, metric, float(old), float(new), threshold,
                                   verdict="too few requests" if few else ""))
         if thresholds and all(_number(row.get(k)) for row in (old_row, new_row)
-                              for k in ("requests", "failures")):
-            if proportion_rise(int(old_row["failures"]), int(old_row["requests"]),
-                               int(new_row["failures"]), int(new_row["requests"])):
-                changes.append(Change(case, "error_rate", float(old_row.get("error_rate") or 0),
-                                      float(new_row.get("error_rate") or 0), None,
-                                      verdict="error rate rose"))
+                              for k in ("requests", "failures")) \
+                and proportion_rise(int(old_row["failures"]), int(old_row["requests"]),
+                                    int(new_row["failures"]), int(new_row["requests"])):
+            changes.append(Change(case, "error_rate", float(old_row.get("error_rate") or 0),
+                                  float(new_row.get("error_rate") or 0), None,
+                                  verdict="error rate rose"))
     unmatched = sorted(set(current) ^ set(baseline))
     return changes, unmatched
 
@@ -315,5 +315,5 @@ def _interval(row: Mapping[str, Any], metric: str) -> tuple[float, float] | None
     return (float(low), float(high)) if _number(low) and _number(high) else None
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

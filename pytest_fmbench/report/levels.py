@@ -108,8 +108,8 @@ def markdown_section(curves: pd.DataFrame, searches: Sequence[Mapping[str, Any]]
             "steady state."), ""]
     if searches:
         out += ["### Max sustainable rate", "",
-                "| case | max sustainable rate (req/s) | TPM | output tokens/s | USD per 10k txn "
-                "| max throughput (req/s) | goodput ≥ | stopped | search path (req/s: met?) |",
+                ("| case | max sustainable rate (req/s) | TPM | output tokens/s | USD per 10k txn "
+                 "| max throughput (req/s) | goodput ≥ | stopped | search path (req/s: met?) |"),
                 "|---|---|---|---|---|---|---|---|---|"]
         for s in searches:
             path = ", ".join(f"{p['rate']:g}{'✓' if p['meets'] else '✗'}" for p in s.get("path") or [])
@@ -120,8 +120,8 @@ def markdown_section(curves: pd.DataFrame, searches: Sequence[Mapping[str, Any]]
         out.append("")
     if not curves.empty:
         out += ["### Levels", "",
-                "| experiment | payload file | level | offered req/s | achieved req/s | latency p50 s "
-                "| latency p95 s (95 % CI) | response time p95 s | |",
+                ("| experiment | payload file | level | offered req/s | achieved req/s | latency p50 s "
+                 "| latency p95 s (95 % CI) | response time p95 s | |"),
                 "|---|---|---|---|---|---|---|---|---|"]
         for r in curves.to_dict("records"):
             mark = "SATURATED" if r["saturated"] else ("knee" if r["knee"] else "")
