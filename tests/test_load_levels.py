@@ -316,3 +316,17 @@ def test_the_same_server_twice_is_not_a_regression_and_20_percent_slower_is(
         slower = run("third", "--fmbench-compare=first", "--fmbench-compare-fail=latency_p95:+10%")
         assert slower.ret == pytest.ExitCode.TESTS_FAILED, slower.stdout.str()
         slower.stdout.fnmatch_lines(["*REGRESSION latency_p95 *slotted-payload_all-r50*"])
+
+
+def test_response_time_counts_the_wait_before_sending_and_rows_carry_p99_9_and_intervals() -> None:
+    from pytest_fmbench.load.records import RequestRecord
+    from pytest_fmbench.metrics import compute_metrics
+
+    records = [RequestRecord("r", "e", "p.jsonl", 4, "e-p-r8", i, scheduled_ns=i * 10**8,
+                             sent_ns=i * 10**8 + 5 * 10**8, last_byte_ns=i * 10**8 + 6 * 10**8,
+                             level="r8", rate=8.0) for i in range(50)]
+    (row,) = compute_metrics(records).to_dict("records")
+    assert row["level"] == "r8" and row["offered_rate"] == 8.0
+    assert row["latency_p95"] == pytest.approx(0.1) and row["response_time_p95"] == pytest.approx(0.6)
+    assert row["latency_p99_9"] == pytest.approx(0.1)
+    assert row["latency_p95_ci_low"] <= row["latency_p95"] <= row["latency_p95_ci_high"]
