@@ -268,7 +268,7 @@ def summary_lines(analysis: Any, report_path: Path | None, errors: Sequence[str]
                          f"({miss['experiment']} {payload_stem(str(miss['payload_file']))} c={miss['concurrency']})")
     lines.append(f"budget gate ({verdict.mode}): {'PASSED' if verdict.passed else 'FAILED'}: {verdict.summary}")
     lines.append("")
-    header = ["experiment", "payload", "level", "req", "err %", "p95 s", "TTFT p95 s", "TPM", "USD/10k", "budgets"]
+    header = ["experiment", "payload", "c/level", "req", "err %", "p95 s", "TTFT p95 s", "TPM", "USD/10k", "budgets"]
     bad: dict[tuple[str, str, int, str], list[str]] = {}
     for violation in verdict.violations:
         bad.setdefault((violation.experiment, violation.payload_file, violation.concurrency,
