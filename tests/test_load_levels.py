@@ -140,11 +140,11 @@ def test_compare_judges_intervals_undefined_metrics_error_rates_and_refuses_wron
 SLOTS, SERVICE_S = 8, 0.1
 
 
-def _first_in_line() -> None:
+def _first_in_line(pid: int) -> None:
     """The server stands in for a machine of its own: on a busy CI host it gets the CPU
     first when it can (root may raise a priority; elsewhere it keeps the default)."""
     try:
-        os.nice(-10)
+        os.setpriority(os.PRIO_PROCESS, pid, -10)
     except OSError:
         pass
 
@@ -157,7 +157,8 @@ def slotted_server() -> Iterator[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "pytest_fmbench.testing.openai_server", "--slots", str(SLOTS),
          "--service-time", str(SERVICE_S)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True, env=env, preexec_fn=_first_in_line)
+        text=True, env=env)
+    _first_in_line(process.pid)
     try:
         assert process.stdout is not None
         yield process.stdout.readline().strip()
