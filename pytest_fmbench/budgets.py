@@ -34,6 +34,9 @@ from pytest_fmbench.errors import ConfigError
 from pytest_fmbench.metrics import METRICS, Recommendation, recommend, slo_thresholds
 
 GATE_MODES = ("best", "every")
+# Metrics of a whole SLO search, not of a row: a budget on one holds for every search of the
+# experiment (``search_violations``), and fails the run when not met, whatever the gate mode.
+SEARCH_METRICS = ("max_sustainable_rate",)
 GateMode = Literal["best", "every"]
 
 # FMBench's report keys and the metric each one bounds.
@@ -255,13 +258,16 @@ class Violation:
     threshold: float
     direction: Literal["max", "min"]
     unit: str
+    # The load level (``r8``, ``slo-r9``); "" for a concurrency level.
+    level: str = ""
 
     def line(self) -> str:
         """``latency_p95 3.21 s > 2.00 s: llama-g5-xlarge payload_en_1000-2000 c=4``."""
         sign = ">" if self.direction == "max" else "<"
         value = format_value(self.value, self.unit)
         return (f"{self.metric} {value} {sign} {format_value(self.threshold, self.unit)}: "
-                f"{self.experiment} {_stem(self.payload_file)} c={self.concurrency}")
+                f"{self.experiment} {_stem(self.payload_file)} "
+                f"{self.level or f'c={self.concurrency}'}")
 
     def to_json(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "message": self.line()}
@@ -278,12 +284,15 @@ def evaluate(metrics: pd.DataFrame, budgets: BudgetSet) -> tuple[pd.Series, list
     for row in metrics.to_dict("records"):
         ok = True
         for metric, budget in budgets.for_experiment(row["experiment"]).items():
+            if metric in SEARCH_METRICS:
+                continue  # judged per search (search_violations), not per row
             value = row.get(metric)
             if not budget.met_by(value):
                 ok = False
                 plain = None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
                 violations.append(Violation(row["experiment"], row["payload_file"], int(row["concurrency"]),
-                                            metric, plain, budget.threshold, budget.direction, budget.unit))
+                                            metric, plain, budget.threshold, budget.direction, budget.unit,
+                                            str(row.get("level") or "")))
         meets.append(ok)
     return pd.Series(meets, index=metrics.index, dtype=bool), violations
 
@@ -334,6 +343,26 @@ def gate(metrics: pd.DataFrame, budgets: BudgetSet, mode: GateMode = "best",
     if budgets.empty:
         summary += " (no budgets configured)"
     return GateResult(mode, passed, summary, meets, violations, rec)
+
+
+def search_violations(searches: Sequence[Mapping[str, Any]], budgets: BudgetSet,
+                      experiments: Iterable[str]) -> list[Violation]:
+    """Budgets on ``max_sustainable_rate``: each SLO search of an experiment that has one
+    must reach it; an experiment with such a budget and no search result violates it."""
+    out = []
+    for experiment in experiments:
+        for metric, budget in budgets.for_experiment(experiment).items():
+            if metric not in SEARCH_METRICS:
+                continue
+            found = [s for s in searches if s.get("experiment") == experiment]
+            for search in found or [{"payload_file": "", "level": "slo"}]:
+                value = search.get(metric)
+                if not budget.met_by(value):
+                    out.append(Violation(experiment, str(search.get("payload_file") or ""), 0,
+                                         metric, None if value is None else float(value),
+                                         budget.threshold, budget.direction, budget.unit,
+                                         "slo search" if found else "no slo_search ran"))
+    return out
 
 
 def case_violations(metrics: pd.DataFrame, budgets: BudgetSet) -> list[Violation]:

@@ -1,4 +1,9 @@
-"""Expanding a config into cases: experiment × payload file × concurrency."""
+"""Expanding a config into cases: experiment × payload file × load level.
+
+A load level is a concurrency level (``-c4``, the experiment's ``load.pattern``), an open-loop
+rate (``-r8``, ``rates:``), a sweep (``-sweep``) or an SLO search (``-slo``); the last two choose
+their rates at run time, inside one case (docs/load-levels.md).
+"""
 
 from __future__ import annotations
 
@@ -24,12 +29,20 @@ class Case:
     # The experiment's accuracy pass (pytest_fmbench.accuracy): every prompt of its payload
     # files sent once after its load cases, answers kept; marker ``fmbench_accuracy``.
     accuracy: bool = False
+    # "" (a concurrency level), "rate", "sweep" or "slo_search"; ``rate``: the rate level's.
+    level_kind: str = ""
+    rate: float | None = None
 
     @property
     def id(self) -> str:
         if self.accuracy:
             return accuracy_case_id(self.experiment)
-        return case_id(self.experiment, self.payload_file, self.concurrency)
+        return case_id(self.experiment, self.payload_file, self.concurrency, self.level)
+
+    @property
+    def level(self) -> str:
+        """The level's label in ids and records: "" for a concurrency level."""
+        return level_label(self.level_kind, self.rate)
 
     @property
     def payload_name(self) -> str:
@@ -41,9 +54,17 @@ def payload_stem(payload_file: str) -> str:
     return payload_file.removesuffix(".jsonl")
 
 
-def case_id(experiment: str, payload_file: str, concurrency: int) -> str:
+def case_id(experiment: str, payload_file: str, concurrency: int, level: str = "") -> str:
+    """``exp-payload-c4``; a load level replaces the concurrency: ``exp-payload-r8``."""
     safe = re.sub(r"[^A-Za-z0-9_.\-]+", "-", experiment).strip("-")
-    return f"{safe}-{payload_stem(payload_file)}-c{concurrency}"
+    return f"{safe}-{payload_stem(payload_file)}-{level or f'c{concurrency}'}"
+
+
+def level_label(kind: str, rate: float | None = None) -> str:
+    """``r8``, ``r0.5`` for a rate; ``sweep``, ``slo`` for the cases that choose rates."""
+    if kind == "rate" and rate is not None:
+        return f"r{rate:g}"
+    return {"sweep": "sweep", "slo_search": "slo"}.get(kind, "")
 
 
 ACCURACY_MARKER = "fmbench_accuracy"
@@ -85,6 +106,7 @@ def expand_cases(config: Config) -> list[Case]:
             for concurrency in experiment.concurrency_levels:
                 cases.append(Case(experiment.name, payload_file, concurrency, index, markers,
                                   skip))
+            cases += _level_cases(config, experiment, payload_file, index, markers, skip)
         if with_accuracy:
             produced = [p for p in experiment.payload_files if p not in unproduced]
             cases.append(Case(experiment.name, (produced or experiment.payload_files)[0], 1, index,
@@ -95,6 +117,23 @@ def expand_cases(config: Config) -> list[Case]:
     if duplicates:
         raise ValueError(f"case ids collide: {', '.join(duplicates)}")
     return cases
+
+
+def _level_cases(config: Config, experiment: Experiment, payload_file: str, index: int,
+                 markers: tuple[str, ...], skip: str | None) -> list[Case]:
+    """The open-loop levels of one experiment × payload file, after its concurrency levels.
+    Their ``concurrency`` is the client's cap on requests in flight (``load.max_in_flight``)."""
+    settings = config.load_for(experiment)
+    cap = settings.max_in_flight or 1024
+    out = [Case(experiment.name, payload_file, cap, index, markers, skip,
+                level_kind="rate", rate=level.rate)
+           for level in config.rate_levels(experiment)]
+    if settings.sweep is not None:
+        out.append(Case(experiment.name, payload_file, cap, index, markers, skip, level_kind="sweep"))
+    if settings.slo_search is not None:
+        out.append(Case(experiment.name, payload_file, cap, index, markers, skip,
+                        level_kind="slo_search"))
+    return out
 
 
 def all_markers(config: Config) -> list[str]:

@@ -28,8 +28,16 @@ from pytest_fmbench.load.columnar import RECORD_SCHEMA, records_to_table
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.load.stored import StoredRecords
 
-KEYS = ["experiment", "payload_file", "concurrency"]
-PERCENTILES = (50, 90, 95, 99)
+# A combination: experiment × payload file × load level (a concurrency level has level "";
+# an open-loop level is ``r8``, a sweep's or a search's ``sweep-r12.5``, ``slo-r9``).
+KEYS = ["experiment", "payload_file", "concurrency", "level"]
+# Up to p99.9 (``*_p99_9``): read it with the request count (a p99.9 needs thousands).
+PERCENTILES: tuple[float, ...] = (50, 90, 95, 99, 99.9)
+
+
+def percentile_name(p: float) -> str:
+    """``p95``, ``p99_9`` (a dot would not survive budget and threshold specs)."""
+    return "p" + f"{p:g}".replace(".", "_")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +56,8 @@ class Metric:
 
 def _family(prefix: str, label: str, unit: str, definition: str) -> list[Metric]:
     out = [Metric(f"{prefix}_mean", unit, "lower", f"mean {label} ({definition})")]
-    out += [Metric(f"{prefix}_p{p}", unit, "lower", f"{p}th percentile of {label} ({definition})")
-            for p in PERCENTILES]
+    out += [Metric(f"{prefix}_{percentile_name(p)}", unit, "lower",
+                   f"{p:g}th percentile of {label} ({definition})") for p in PERCENTILES]
     out.append(Metric(f"{prefix}_count", "requests", "none", f"how many values back the {label} figures"))
     return out
 
@@ -61,6 +69,9 @@ _LIST: list[Metric] = [
     Metric("duration_s", "s", "none", "last `last_byte` − first `sent` over all requests"),
     Metric("error_rate", "fraction", "lower", "failed / total"),
     *_family("latency", "latency", "s", "end to end: `last_byte − sent`, successful requests"),
+    *_family("response_time", "response time", "s",
+             "`last_byte − scheduled`: latency plus the wait before sending, so open-loop "
+             "queueing shows (= latency in closed loops), successful requests"),
     *_family("ttft", "time to first token", "s", "`first_token − sent`, successful streamed requests"),
     *_family("ttfat", "time to first answer token", "s",
              "`first answer token − sent`: a reasoning model's answer after its reasoning "
@@ -111,6 +122,11 @@ _LIST: list[Metric] = [
     Metric("completion_length_hit_rate", "fraction", "higher",
            "share of successful requests with an asked output length whose completion_tokens "
            "equal it"),
+    Metric("offered_rate", "req/s", "none",
+           "the open-loop level's arrival rate (requests/s); undefined for concurrency levels"),
+    Metric("max_sustainable_rate", "req/s", "higher",
+           "`slo_search`: the highest offered rate at which every per-request SLO held for at "
+           "least the configured share of requests (budgeted per search, not per row)"),
     Metric("price_per_hour", "USD/h", "lower", "instance-priced: hourly price × instance count"),
     Metric("price_per_txn", "USD", "lower",
            "instance-priced: price_per_hour / (TPM × 60), undefined when TPM is 0; token-priced: "
@@ -122,15 +138,15 @@ METRICS: dict[str, Metric] = {m.name: m for m in _LIST}
 
 # Per-request SLOs behind goodput: a budget on any of these families is also a per-request
 # threshold (a request meets it when its own value is at or under the threshold).
-SLO_FAMILIES = ("latency", "ttft", "ttfat", "tpot")
+SLO_FAMILIES = ("latency", "response_time", "ttft", "ttfat", "tpot")
 
 
 def slo_thresholds(budgets: Mapping[str, float]) -> dict[str, float]:
     """Per-request thresholds from budgets: the loosest budget of each family (seconds)."""
     out: dict[str, float] = {}
     for name, value in budgets.items():
-        family = name.split("_", 1)[0]
-        if family in SLO_FAMILIES and METRICS.get(name, None) is not None and name != f"{family}_count":
+        family = next((f for f in SLO_FAMILIES if name.startswith(f + "_")), "")
+        if family and METRICS.get(name, None) is not None and name != f"{family}_count":
             out[family] = max(out.get(family, 0.0), float(value))
     return out
 
@@ -172,12 +188,20 @@ def request_frame(table: pa.Table) -> pd.DataFrame:
     tpot_span = _seconds(table["last_byte_ns"], first_any)
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot = np.where(completion >= 2, tpot_span / (completion - 1), np.nan)
+    names = table.column_names
+    level = (pc.fill_null(table["level"], "") if "level" in names
+             else pa.chunked_array([pa.array([""] * table.num_rows, pa.string())]))
     frame = pd.DataFrame({
         "experiment": _category(table["experiment"]),
         "payload_file": _category(table["payload_file"]),
         "concurrency": table["concurrency"].to_numpy(),
+        "level": _category(level),
+        "rate": _float(table["rate"]) if "rate" in names else np.full(table.num_rows, np.nan),
+        "repeat": (np.nan_to_num(_float(table["repeat"])).astype(np.int64) if "repeat" in names
+                   else np.zeros(table.num_rows, np.int64)),
         "ok": np.asarray(pc.equal(pc.fill_null(table["error"], ""), "").to_numpy(zero_copy_only=False), dtype=bool),
         "latency_s": _seconds(table["last_byte_ns"], table["sent_ns"]),
+        "response_time_s": _seconds(table["last_byte_ns"], table["scheduled_ns"]),
         "ttft_s": _seconds(first_any, table["sent_ns"]),
         "ttfat_s": _seconds(table["first_token_ns"], table["sent_ns"]),
         "tpot_s": tpot,
@@ -261,7 +285,7 @@ def compute_metrics(
     info = info or {}
     slos = slos or {}
     if table.num_rows == 0:
-        return pd.DataFrame(columns=[*KEYS, *METRICS, "instance_type", "instance_count", "backend",
+        return pd.DataFrame(columns=[*KEYS, *METRICS, "repeats", "instance_type", "instance_count", "backend",
                                      "model_id", "pricing", "error_classes"])
     frame = request_frame(table) if frame is None else frame
     groups = frame.groupby(KEYS, observed=True, sort=True)
@@ -277,10 +301,13 @@ def compute_metrics(
 
     ok = frame[frame["ok"]]
     ok_groups = ok.groupby(KEYS, observed=True, sort=True)
-    for prefix, column in (("latency", "latency_s"), ("ttft", "ttft_s"), ("ttfat", "ttfat_s"),
-                           ("tpot", "tpot_s")):
+    for prefix, column in (("latency", "latency_s"), ("response_time", "response_time_s"),
+                           ("ttft", "ttft_s"), ("ttfat", "ttfat_s"), ("tpot", "tpot_s")):
         _percentiles(out, ok_groups[column], prefix)
     _workload_metrics(out, ok)
+    _confidence(out, ok_groups)
+    out["offered_rate"] = groups["rate"].max()
+    out["repeats"] = groups["repeat"].nunique()
     _itl(out, table, frame)
     queue = groups["client_queue_s"]
     out["client_queue_mean"] = queue.mean()
@@ -307,13 +334,16 @@ def compute_metrics(
     out = out.reset_index()
     out["experiment"] = out["experiment"].astype(str)
     out["payload_file"] = out["payload_file"].astype(str)
+    out["level"] = out["level"].astype(str)
     out["error_classes"] = _error_classes(table, out)
 
     _attach_info(out, info)
     _attach_money(out, prices)
     order = {name: i for name, i in ((n, e.order) for n, e in info.items())}
     out["_order"] = out["experiment"].map(lambda n: order.get(n, len(order)))
-    out = out.sort_values(["_order", "experiment", "payload_file", "concurrency"], kind="stable")
+    out["_rate"] = out["offered_rate"].fillna(-1.0)
+    out = out.sort_values(["_order", "experiment", "payload_file", "_rate", "concurrency", "level"],
+                          kind="stable").drop(columns=["_rate"])
     return out.drop(columns=["_order", "first_sent_ns", "last_byte_ns"]).reset_index(drop=True)
 
 
@@ -322,13 +352,40 @@ def _percentiles(out: pd.DataFrame, series: Any, prefix: str) -> None:
     counts = series.count()
     out[f"{prefix}_count"] = counts.reindex(out.index).fillna(0).astype(int)
     if not counts.sum():
-        for name in ("mean", *(f"p{p}" for p in PERCENTILES)):
+        for name in ("mean", *(percentile_name(p) for p in PERCENTILES)):
             out[f"{prefix}_{name}"] = math.nan
         return
     out[f"{prefix}_mean"] = series.mean().reindex(out.index)
     quantiles = series.quantile([p / 100 for p in PERCENTILES]).unstack()
     for p in PERCENTILES:
-        out[f"{prefix}_p{p}"] = quantiles[p / 100].reindex(out.index)
+        out[f"{prefix}_{percentile_name(p)}"] = quantiles[p / 100].reindex(out.index)
+
+
+# Metrics that carry a 95 % interval (``<name>_ci_low``, ``<name>_ci_high``): the ones a
+# regression gate compares. Percentiles by the seeded bootstrap (stats.percentile_ci).
+CI_METRICS = {"latency_mean": ("latency_s", None), "latency_p50": ("latency_s", 50),
+              "latency_p95": ("latency_s", 95), "latency_p99": ("latency_s", 99),
+              "response_time_p95": ("response_time_s", 95), "response_time_p99": ("response_time_s", 99),
+              "ttft_p50": ("ttft_s", 50), "ttft_p95": ("ttft_s", 95), "tpot_p95": ("tpot_s", 95)}
+
+
+def _confidence(out: pd.DataFrame, ok_groups: Any) -> None:
+    """95 % intervals of ``CI_METRICS`` per combination, from each one's values."""
+    from pytest_fmbench.stats import mean_ci, percentile_ci
+
+    for name, (column, q) in CI_METRICS.items():
+        lows, highs = [], []
+        values = {key: group.to_numpy(dtype=float) for key, group in ok_groups[column]}
+        for key in out.index:
+            data = values.get(key)
+            if data is None:
+                low, high = math.nan, math.nan
+            else:
+                low, high = mean_ci(data) if q is None else percentile_ci(data, q)
+            lows.append(low)
+            highs.append(high)
+        out[f"{name}_ci_low"] = lows
+        out[f"{name}_ci_high"] = highs
 
 
 def _itl(out: pd.DataFrame, table: pa.Table, frame: pd.DataFrame) -> None:
@@ -361,7 +418,7 @@ def _itl(out: pd.DataFrame, table: pa.Table, frame: pd.DataFrame) -> None:
             results = list(pool.map(one, keys))
     else:
         results = [one(key) for key in keys]
-    columns = ["itl_count", "itl_mean", *(f"itl_p{p}" for p in PERCENTILES)]
+    columns = ["itl_count", "itl_mean", *(f"itl_{percentile_name(p)}" for p in PERCENTILES)]
     for position, name in enumerate(columns):
         out[name] = [r[position] for r in results]
     out["itl_count"] = out["itl_count"].astype(int)
@@ -391,14 +448,20 @@ def _error_classes(table: pa.Table, out: pd.DataFrame) -> list[str]:
     errors = pc.fill_null(table["error"], "")
     if not pc.any(pc.not_equal(errors, "")).as_py():
         return [""] * len(out)
-    failed = table.filter(pc.not_equal(errors, "")).select(["experiment", "payload_file", "concurrency", "error"])
-    counted = failed.group_by(["experiment", "payload_file", "concurrency", "error"]).aggregate([([], "count_all")])
-    text: dict[tuple[str, str, int], list[str]] = {}
-    for row in sorted(counted.to_pylist(), key=lambda r: (r["experiment"], r["payload_file"], r["concurrency"], r["error"])):
-        key = (row["experiment"], row["payload_file"], row["concurrency"])
+    level = (pc.fill_null(table["level"], "") if "level" in table.column_names
+             else pa.array([""] * table.num_rows, pa.string()))
+    failed = pa.table({"experiment": table["experiment"], "payload_file": table["payload_file"],
+                       "concurrency": table["concurrency"], "level": level,
+                       "error": errors}).filter(pc.not_equal(errors, ""))
+    counted = failed.group_by(["experiment", "payload_file", "concurrency", "level", "error"]
+                              ).aggregate([([], "count_all")])
+    text: dict[tuple[str, str, int, str], list[str]] = {}
+    for row in sorted(counted.to_pylist(), key=lambda r: (r["experiment"], r["payload_file"],
+                                                          r["concurrency"], r["level"], r["error"])):
+        key = (row["experiment"], row["payload_file"], row["concurrency"], row["level"])
         text.setdefault(key, []).append(f"{row['error']} {row['count_all']}")
-    return [", ".join(text.get((e, p, int(c)), [])) for e, p, c in
-            zip(out["experiment"], out["payload_file"], out["concurrency"])]
+    return [", ".join(text.get((e, p, int(c), str(lv)), [])) for e, p, c, lv in
+            zip(out["experiment"], out["payload_file"], out["concurrency"], out["level"])]
 
 
 def _attach_info(out: pd.DataFrame, info: Mapping[str, ExperimentInfo]) -> None:

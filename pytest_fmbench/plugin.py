@@ -229,6 +229,8 @@ def pytest_configure(config: pytest.Config) -> None:
     role = choose_role(config).start(config, setup)
     config.stash[ROLE_KEY] = role
     run = config.stash[RUN_KEY] = role.run
+    # The per-request SLOs an SLO search holds its levels to (load/levels.py).
+    run.slos = report_settings.budgets.slos([e.name for e in bench_config.experiments])
     config.stash[CASES_KEY] = cases
     config.stash[CASE_TIMEOUTS_KEY] = _case_timeouts(config, bench_config)
     config.stash[REPORT_SETTINGS_KEY] = report_settings

@@ -110,6 +110,11 @@ class BenchmarkRun:
         # results dirs can be merged later.
         self.shard = ""
         self.host = platform.node()
+        # Per experiment, the per-request SLOs (metrics.slo_thresholds of its budgets) an SLO
+        # search holds levels to; set by the plugin from the run's budgets.
+        self.slos: dict[str, dict[str, float]] = {}
+        # One line per level of a case and per SLO search (load/levels.py), for the report.
+        self.levels_path = results_dir / f"levels{suffix}.jsonl"
 
     # -- files -------------------------------------------------------------------------
     @property
@@ -390,6 +395,8 @@ class BenchmarkRun:
             return run_accuracy_pass(self, case, endpoint)
         experiment = self.config.experiment(case.experiment)
         settings = self.config.load_for(experiment)
+        if case.level_kind or (settings.repeats or 1) > 1:
+            return self._run_levels(case, endpoint)
         requests = self.requests_for(experiment, case.payload_file)
         # Every pattern (waves, concurrency, rate) runs through the load engine (load/).
         plan = plan_load(settings, case.concurrency, len(requests))
@@ -417,6 +424,99 @@ class BenchmarkRun:
             if self.guard is not None:
                 self.guard.record_case(case.experiment, recorder.records)
         return CaseResult(case, recorder.records, recorder.aggregate.summary())
+
+    def _run_levels(self, case: Case, endpoint: Endpoint) -> CaseResult:
+        """A case of load levels (load/levels.py): repeats, a rate level, a sweep or an SLO
+        search; every level on this one endpoint, its records tagged with the level."""
+        from pytest_fmbench.load.levels import LevelPlanner
+
+        experiment = self.config.experiment(case.experiment)
+        settings = self.config.load_for(experiment)
+        requests = self.requests_for(experiment, case.payload_file)
+        records: list[RequestRecord] = []
+        levels = {level.rate: level for level in self.config.rate_levels(experiment)}
+
+        def run_level(kind: str, label: str, rate: float | None, concurrency: int,
+                      repeat: int) -> tuple[list[RequestRecord], str]:
+            if kind == "concurrency":
+                level_settings = settings
+            elif rate is None:  # the closed-loop throughput probe
+                probe = settings.sweep or settings.slo_search
+                assert probe is not None
+                level_settings = settings.model_copy(update={
+                    "pattern": "concurrency", "requests": probe.probe_requests,
+                    "duration_s": None, "warmup_s": 0.0})
+            else:
+                chosen = levels.get(rate)
+                level_settings = settings.model_copy(update={
+                    "pattern": "rate", "rate": rate,
+                    "arrival": (chosen.arrival if chosen and chosen.arrival else settings.arrival),
+                    "burstiness": (chosen.burstiness if chosen and chosen.burstiness
+                                   else settings.burstiness)})
+            plan = plan_load(level_settings, concurrency, len(requests))
+            plan = dataclasses.replace(plan, saturation_stop=bool(
+                rate is not None and settings.saturation_stop),
+                seed=plan.seed + repeat)
+            self._check_case_spend(case, plan.requests or plan.waves * plan.concurrency)
+            context = RecordContext(self.run_id, case.experiment, case.payload_file,
+                                    case.concurrency, case.id, self.worker, shard=self.shard,
+                                    host=self.host, level=case.level if kind in ("concurrency", "rate") else label,
+                                    rate=rate, repeat=repeat)
+            level_records: list[RequestRecord] = []
+
+            def emit(record: RequestRecord) -> None:
+                self.records.write(record)
+                level_records.append(record)
+
+            try:
+                stats = run_load(plan, endpoint.client, requests, context, emit, log=self.log)
+            finally:
+                self.records.checkpoint()
+                if self.guard is not None:
+                    self.guard.record_case(case.experiment, level_records)
+                records.extend(level_records)
+            return level_records, stats.saturation_stop
+
+        planner = LevelPlanner(case.id, case.experiment, case.payload_file, case.concurrency,
+                               self.slos.get(case.experiment, {}), settings.repeats or 1,
+                               run_level, log=self.log)
+        try:
+            if case.level_kind == "sweep":
+                assert settings.sweep is not None
+                sweep = settings.sweep
+                planner.sweep(levels=sweep.levels, probe_concurrency=sweep.probe_concurrency,
+                              min_rate=sweep.min_rate, light_fraction=sweep.light_fraction)
+            elif case.level_kind == "slo_search":
+                search = settings.slo_search
+                assert search is not None
+                planner.slo_search(
+                    probe_concurrency=search.probe_concurrency, min_rate=search.min_rate,
+                    light_fraction=search.light_fraction, goodput_share=search.goodput_share,
+                    precision=search.precision, max_requests=search.max_requests,
+                    per_level=plan_load(settings.model_copy(update={"pattern": "rate",
+                                                                     "rate": 1.0}),
+                                        case.concurrency, len(requests)).requests or 100)
+            else:
+                planner.level(case.level_kind or "concurrency", case.level, case.rate,
+                              case.concurrency)
+        finally:
+            self._write_levels([o.to_json() for o in planner.outcomes]
+                               + ([planner.search] if planner.search else []))
+        from pytest_fmbench.load.summary import case_summary
+
+        summary = case_summary(records)
+        summary["levels"] = [o.to_json() for o in planner.outcomes]
+        if planner.search:
+            summary["search"] = planner.search
+        return CaseResult(case, records, summary)
+
+    def _write_levels(self, lines: list[dict[str, Any]]) -> None:
+        if not lines:
+            return
+        self.levels_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.levels_path, "a", encoding="utf-8") as handle:
+            handle.writelines(json.dumps({"run_id": self.run_id, "worker": self.worker, **line})
+                              + "\n" for line in lines)
 
     def close(self) -> None:
         live = self.endpoints.live

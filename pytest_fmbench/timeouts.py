@@ -80,7 +80,7 @@ def request_bound_s(load: LoadSettings, retry: RetrySettings | None, backend: st
 
 def load_bound_s(load: LoadSettings, experiment: Experiment, request_s: float) -> float:
     """The longest the load of any case of the experiment can run."""
-    unbounded = _load_bound_s(load, experiment, request_s)
+    unbounded = _load_bound_s(load, experiment, request_s) * _rounds(load)
     if load.max_case_s is not None:
         # The case's own deadline; its load processes get 10 s more before they are killed.
         return min(unbounded, load.max_case_s + PROCESS_KILL_GRACE_S)
@@ -88,7 +88,8 @@ def load_bound_s(load: LoadSettings, experiment: Experiment, request_s: float) -
 
 
 def _load_bound_s(load: LoadSettings, experiment: Experiment, request_s: float) -> float:
-    concurrency = min(experiment.concurrency_levels)  # fewest in flight: the most rounds
+    # fewest in flight: the most rounds (load levels only: the slowest is one at a time)
+    concurrency = min(experiment.concurrency_levels, default=1)
     max_iters = load.max_iters_per_combination or 105
     if load.pattern == "waves":
         return max_iters * request_s  # each wave ends when its slowest request does
@@ -101,7 +102,10 @@ def _load_bound_s(load: LoadSettings, experiment: Experiment, request_s: float) 
         None if load.duration_s is not None else max_iters * concurrency)
     if requests is not None:
         rounds = math.ceil(requests / concurrency) * request_s
-        schedule = requests / load.rate if load.pattern == "rate" and load.rate else 0.0
+        rates = [level.rate for level in (experiment.rates or load.rates or [])]
+        if load.pattern == "rate" and load.rate:
+            rates.append(load.rate)
+        schedule = requests / min(rates) if rates else 0.0
         bounds.append(warmup + schedule + rounds)
     return min(bounds)
 
@@ -110,7 +114,8 @@ def workload_bound_s(config: Config, experiment: Experiment, request_s: float) -
     """The longest a trace or sessions workload of the experiment runs (0: none; None: not
     known without reading a conversation file). A trace runs to its last offset plus one
     request; sessions in rounds of c conversations, each turn a request and a think time."""
-    concurrency = min(experiment.concurrency_levels)
+    # Rate levels only (no concurrency levels): the workload's requests drain one at a time.
+    concurrency = min(experiment.concurrency_levels, default=1)
     longest = 0.0
     for payload_file in experiment.payload_files:
         workload = config.datasets.workload(payload_file)
@@ -147,6 +152,16 @@ def _trace_span_s(path: Path, lines: int | None) -> float | None:
     except OSError:
         return None  # reported as a config error when the case reads the workload
     return None if first is None or last is None else (last - first) / 1000
+def _rounds(load: LoadSettings) -> int:
+    """How many loads one case may run: its repeats, times the levels of a sweep or search
+    (each level bounded like one case)."""
+    levels = 1
+    if load.sweep is not None:
+        levels = max(levels, load.sweep.levels + 1)
+    if load.slo_search is not None:
+        per_level = load.requests or 100
+        levels = max(levels, 2 + math.ceil(load.slo_search.max_requests / per_level))
+    return (load.repeats or 1) * levels
 
 
 def deploy_bound_s(experiment: Experiment) -> float:

@@ -329,6 +329,46 @@ class RaySettings(Section):
     clock_pings: int = Field(default=16, ge=1, le=1000)
     # Seconds to wait for the placement group and the actors to start.
     start_timeout_s: float = Field(default=120.0, gt=0)
+class RateLevel(BaseModel):
+    """One open-loop load level: ``8`` or ``{rate: 8, arrival: constant}`` (docs/load-levels.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate: float = Field(gt=0)
+    arrival: Literal["poisson", "constant", "gamma"] | None = None
+    burstiness: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_number(cls, value: Any) -> Any:
+        return {"rate": value} if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            else value
+
+
+class SweepSettings(BaseModel):
+    """``load.sweep``: measure the endpoint's most throughput, then ``levels`` rates from a
+    light load up to it, all on one deployment (one case per experiment × payload file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    levels: int = Field(default=5, ge=2, le=50)
+    # The closed-loop throughput probe: requests kept in flight and how many it sends.
+    probe_concurrency: int = Field(default=32, ge=1)
+    probe_requests: int = Field(default=200, ge=10)
+    # The light end of the sweep: this rate, else ``light_fraction`` of the measured maximum.
+    min_rate: float | None = Field(default=None, gt=0)
+    light_fraction: float = Field(default=0.1, gt=0, lt=1)
+
+
+class SloSearchSettings(SweepSettings):
+    """``load.slo_search``: the highest rate at which every per-request SLO (the latency,
+    TTFT, TPOT and response time budgets) holds for at least ``goodput_share`` of requests."""
+
+    goodput_share: float = Field(default=0.95, gt=0, le=1)
+    # Bisection stops when the bracket is this narrow (relative to its upper end) ...
+    precision: float = Field(default=0.05, gt=0, lt=1)
+    # ... or when the next level would take the search's requests past this many.
+    max_requests: int = Field(default=5000, ge=10)
 
 
 class LoadSettings(Section):
@@ -369,6 +409,17 @@ class LoadSettings(Section):
     # Wall-clock cap on one case (a hung server or load process cannot hang the run): at
     # the deadline the case stops, requests in flight are recorded as timeouts. Unset: none.
     max_case_s: float | None = Field(default=None, gt=0)
+    # Load levels (docs/load-levels.md). Open-loop rates, one case each (``-r8``), on the
+    # experiment's one endpoint; each level sends ``requests`` / ``duration_s`` of arrivals.
+    rates: list[RateLevel] | None = None
+    # Runs each level (every case) this many times; metrics pool the repeats, with CIs.
+    repeats: int | None = Field(default=None, ge=1, le=100)
+    # Requests in flight at most in a rate level, a sweep or a search (the client's cap).
+    max_in_flight: int | None = Field(default=None, ge=1)
+    sweep: SweepSettings | None = None
+    slo_search: SloSearchSettings | None = None
+    # A rate level whose queue keeps growing ends early and is marked saturated.
+    saturation_stop: bool | None = None
 
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "min_iters_per_combination": 5,
@@ -381,14 +432,19 @@ class LoadSettings(Section):
         "seed": 0,
         "processes": 1,
         "saturation_ms": 10.0,
+        "repeats": 1,
+        "max_in_flight": 1024,
+        "saturation_stop": True,
     }
 
-    def problems(self) -> list[tuple[str, str]]:
-        """(key, message) for combinations that can't run; checked on merged settings."""
+    def problems(self, levels: bool = False) -> list[tuple[str, str]]:
+        """(key, message) for combinations that can't run; checked on merged settings.
+        ``levels``: the experiment has load levels, which ``requests``, ``duration_s`` and
+        ``warmup_s`` bound whatever the pattern of its concurrency levels."""
         found: list[tuple[str, str]] = []
         if self.pattern == "rate" and self.rate is None:
             found.append(("rate", "the rate pattern needs 'rate' (requests per second)"))
-        if self.pattern == "waves":
+        if self.pattern == "waves" and not levels:
             for key in ("requests", "duration_s", "rate"):
                 if getattr(self, key) is not None:
                     found.append((key, (f"'{key}' applies to the concurrency and rate "
@@ -578,7 +634,10 @@ class Experiment(Section):
     inference_script: str | None = None
     inference_spec: InferenceSpec = Field(default_factory=InferenceSpec)
     payload_files: list[BareFileName] = Field(min_length=1)
-    concurrency_levels: list[int] = Field(min_length=1)
+    # Required unless the experiment has load levels (rates, a sweep or an SLO search).
+    concurrency_levels: list[int] = Field(default_factory=list)
+    # Ours: open-loop load levels (requests/s), cases besides the concurrency levels.
+    rates: list[RateLevel] | None = None
     env: dict[str, Any] | None = None
     # FMBench deploy-script keys (endpoints/fmbench_scripts.py): DJL's properties, write bucket.
     serving_properties: str | None = Field(default=None, alias="serving.properties")
@@ -769,8 +828,19 @@ class Config(Section):
                     f"'{parameter_set}' is not a section of inference_parameters "
                     f"({_did_you_mean(parameter_set, sorted(self.inference_parameters))})"
                 )
-            for key, problem in self.load_for(experiment).problems():
+            settings = self.load_for(experiment)
+            has_levels = bool(self.rate_levels(experiment)) or settings.sweep is not None \
+                or settings.slo_search is not None
+            for key, problem in settings.problems(has_levels):
                 raise ValueError(f"experiments[{index}] ({experiment.name}).load.{key}: {problem}")
+            if not experiment.concurrency_levels and not self.rate_levels(experiment) \
+                    and settings.sweep is None and settings.slo_search is None:
+                raise ValueError(f"experiments[{index}] ({experiment.name}).concurrency_levels: "
+                                 "missing (give concurrency_levels, or load levels: rates, "
+                                 "load.sweep or load.slo_search)")
+            rates = [level.rate for level in self.rate_levels(experiment)]
+            if len(set(rates)) != len(rates):
+                raise ValueError(f"experiments[{index}] ({experiment.name}).rates: rates repeat")
         return self
 
     def _rename_duplicates(self) -> None:
@@ -877,6 +947,12 @@ class Config(Section):
         }
         base = self.load.model_copy(update=fmbench) if fmbench else self.load
         return base.merged(experiment.load)
+
+    def rate_levels(self, experiment: Experiment) -> list[RateLevel]:
+        """The experiment's open-loop levels: its own ``rates``, else ``load.rates``."""
+        if experiment.rates is not None:
+            return experiment.rates
+        return self.load_for(experiment).rates or []
 
     def experiment(self, name: str) -> Experiment:
         for experiment in self.experiments:

@@ -123,7 +123,10 @@ def check_region_and_credentials(config: Config, experiment: Experiment) -> Any:
 
 
 def max_concurrency(experiment: Experiment) -> int:
-    return max(experiment.concurrency_levels)
+    """The most requests in flight the client's connection pool must serve (an experiment
+    with only load levels, docs/load-levels.md: their in-flight cap, else 64)."""
+    cap = (experiment.load.max_in_flight if experiment.load is not None else None) or 64
+    return max(experiment.concurrency_levels, default=cap)
 
 
 # -- error classes (METRICS.md) ----------------------------------------------------------

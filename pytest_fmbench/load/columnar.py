@@ -71,6 +71,9 @@ RECORD_SCHEMA = pa.schema([
     ("cached_tokens", pa.int64()),
     ("client_prompt_tokens", pa.int64()),
     ("client_completion_tokens", pa.int64()),
+    ("level", pa.string()),
+    ("rate", pa.float64()),
+    ("repeat", pa.int64()),
 ])
 
 

@@ -48,6 +48,10 @@ class RecordContext:
     # the estimate's uncertainty; its timestamps are moved onto the driver's timeline.
     clock_offset_ns: int = 0
     clock_uncertainty_ns: int = 0
+    # The load level (records.RequestRecord.level / rate / repeat).
+    level: str = ""
+    rate: float | None = None
+    repeat: int = 0
 
     def record(self, done: Completed) -> RequestRecord:
         result, request = done.result, done.request
@@ -72,6 +76,7 @@ class RecordContext:
             target_completion_tokens=request.target_completion_tokens,
             cached_tokens=result.cached_tokens, client_prompt_tokens=result.client_prompt_tokens,
             client_completion_tokens=result.client_completion_tokens,
+            level=self.level, rate=self.rate, repeat=self.repeat,
         )
 
 
@@ -88,6 +93,8 @@ class LoadStats:
     # Requests in flight when the case deadline (load.max_case_s) ended the case.
     cut_off: int = 0
     deadline_hit: bool = False
+    # Why the rate pattern stopped early (the saturation stop); "" when it did not.
+    saturation_stop: str = ""
     # first sent - scheduled (µs) of requests that did not queue, and the waits of those
     # that did; the retry waits (µs) of requests retried after throttling. Packed arrays:
     # 8 bytes a request instead of ~36 in a list of ints (long runs, issue 18).
@@ -106,6 +113,7 @@ class LoadStats:
         self.retry_wait_us += other.retry_wait_us
         self.cut_off += other.cut_off
         self.deadline_hit = self.deadline_hit or other.deadline_hit
+        self.saturation_stop = self.saturation_stop or other.saturation_stop
 
     def dispatch_p(self, q: float) -> float:
         """A percentile of the dispatch delay in ms (0 without data)."""
@@ -209,6 +217,7 @@ async def drive(plan: LoadPlan, client: EndpointClient, requests: Sequence[Infer
         await monitor.stop()
         await client.aclose()
     collector.stats.max_loop_lag_us = monitor.max_lag_ns // 1000
+    collector.stats.saturation_stop = dispatcher.saturation
     return collector.stats
 
 

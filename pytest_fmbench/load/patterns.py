@@ -64,6 +64,8 @@ class LoadPlan:
     executor: str = "local"
     ray: RaySettings | None = None
     think_time_s: float = 0.0  # sessions only: pause between a session's turns
+    # rate only: stop sending once the backlog keeps growing (load/levels.SaturationWatch).
+    saturation_stop: bool = False
 
     def for_process(self, index: int, start_ns: int) -> LoadPlan:
         return dataclasses.replace(self, process_index=index, start_ns=start_ns)
@@ -112,6 +114,8 @@ class Dispatcher:
         self.in_flight = 0
         # Set at the case deadline: requests in flight end as cut-off records, none start.
         self.cut_off = False
+        # Why a pattern stopped sending early because the endpoint could not keep up ("": no).
+        self.saturation = ""
         self._tasks: set[asyncio.Task[object]] = set()
 
     async def send(self, request_id: int, request: InferenceRequest, scheduled_ns: int, *,

@@ -29,6 +29,7 @@ import numpy as np
 
 from pytest_fmbench.clock import now_ns
 from pytest_fmbench.endpoints.base import InferenceRequest
+from pytest_fmbench.load.levels import SaturationWatch
 from pytest_fmbench.load.patterns import Dispatcher, LoadPlan, wait_until
 
 ARRIVALS = ("constant", "poisson", "gamma")
@@ -111,10 +112,15 @@ class RatePattern:
             elif not running:
                 idle.set()
 
+        watch = SaturationWatch(recorded // plan.processes) if plan.saturation_stop else None
         for index in range(plan.process_index, len(offsets), plan.processes):
             deadline = start + offsets[index]
             if deadline > now_ns():
                 await wait_until(deadline)
+            if watch is not None and index >= warmup and watch.observe(len(running) + len(waiting)):
+                # No steady state: the rest of the schedule would only lengthen the queue.
+                dispatcher.saturation = watch.reason
+                break
             if len(running) >= bound:
                 waiting.append((index, deadline, True))
             else:

@@ -113,6 +113,12 @@ class RequestRecord:
     cached_tokens: int | None = None
     client_prompt_tokens: int | None = None
     client_completion_tokens: int | None = None
+    # The load level (docs/load-levels.md): "" for a concurrency level, else ``r8`` (a rate
+    # level), or the level a sweep or SLO search chose (``sweep-r12.5``, ``probe``); the
+    # offered rate (requests/s) of an open-loop level; which repeat of the level (0-based).
+    level: str = ""
+    rate: float | None = None
+    repeat: int = 0
 
     @property
     def ok(self) -> bool:
@@ -126,6 +132,11 @@ class RequestRecord:
     def first_sent_ns(self) -> int:
         """When the first attempt was sent (``sent_ns`` unless the request was retried)."""
         return self.sent_ns - (self.retry_wait_ns or 0)
+
+    @property
+    def response_time_s(self) -> float:
+        """``last_byte − scheduled``: latency plus any wait before sending (open-loop queueing)."""
+        return (self.last_byte_ns - self.scheduled_ns) / 1e9
 
     @property
     def ttft_s(self) -> float | None:

@@ -62,6 +62,9 @@ class Analysis:
     costs: pd.DataFrame
     gate: GateResult
     events: list[dict[str, Any]]
+    # Load levels (report/levels.py): each level's outcome, each SLO search's result.
+    levels: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    searches: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -98,7 +101,17 @@ def analyze(results_dir: Path, config: Config, prices: Mapping[str, Price | None
     events = [event for folder in dirs for event in read_events(folder)]
     costs = experiment_costs(table, events, prices, info)
     verdict = gate(metrics, budgets, mode, config.metrics.dataset_of_interest)
-    return Analysis(table, frame, metrics, costs, verdict, events)
+    from pytest_fmbench.budgets import search_violations
+    from pytest_fmbench.report.levels import read_level_lines, search_results
+
+    levels, raw_searches = read_level_lines(results_dir)
+    searches = search_results(raw_searches, metrics)
+    missed = search_violations(searches, budgets, names)
+    if missed:  # a max_sustainable_rate budget fails the run in either gate mode
+        verdict.violations += missed
+        verdict.passed = False
+        verdict.summary += f"; {len(missed)} SLO search(es) below their max_sustainable_rate budget"
+    return Analysis(table, frame, metrics, costs, verdict, events, levels, searches)
 
 
 def versions() -> dict[str, str]:
@@ -208,6 +221,11 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
         latency_quantiles=plots.latency_quantiles(analysis.frame) if len(analysis.frame) else pd.DataFrame(
             columns=["experiment", "payload_file", "concurrency", "q", "latency_s"]),
         budgets=common, dataset_of_interest=doi, focus_payload=focus), results_dir / PLOTS_DIR, errors)) or []
+    from pytest_fmbench.report import levels as load_levels
+
+    curves = attempt("load levels", lambda: load_levels.rate_curves(metrics, analysis.levels))
+    level_plots = attempt("level plots", lambda: load_levels.render_plots(
+        curves, analysis.searches, results_dir / PLOTS_DIR)) if curves is not None else None
     config_used = attempt("config", lambda: exports.config_used(config)) or {}
     attempt(PER_REQUEST_FILE, csv_done.result)
     per_request.shutdown()
@@ -223,6 +241,8 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
         "total_cost": analysis.total_cost,
         "prices": {e: dataclasses.asdict(p) if p is not None else None for e, p in prices.items()},
         "requests": analysis.requests,
+        "levels": analysis.levels,
+        "searches": analysis.searches,
         "metric_definitions": {m.name: {"unit": m.unit, "better": m.better, "definition": m.definition}
                                for m in METRICS.values()},
         "report_errors": errors,
@@ -239,6 +259,9 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
                                glossary=glossary(), errors=errors,
                                compatibility=markdown.compatibility_notes(config),
                                workloads=workload_section(metrics, analysis.records))
+        if curves is not None:
+            text += load_levels.markdown_section(curves, analysis.searches,
+                                                 [p.name for p in level_plots or []])
         temporary = report_path.with_name(report_path.name + ".tmp")
         temporary.write_text(redaction.scrub(text, inline=False), encoding="utf-8")
         temporary.replace(report_path)

@@ -195,6 +195,7 @@ def _comparison(results_dir: Path, settings: ReportSettings, outcome: SessionRep
     lines = [(f"compared with {settings.baseline}: {len(regressions)} regression(s) "
               f"in {len({c.case for c in changes})} common case(s)")]
     lines += [f"  REGRESSION {c.line()}" for c in regressions]
+    lines += [f"  not judged: {c.line()}" for c in changes if c.verdict == "too few requests"]
     if unmatched:
         lines.append(f"  not in both runs: {', '.join(unmatched)}")
     if regressions:
@@ -271,14 +272,17 @@ def summary_lines(analysis: Any, report_path: Path | None, errors: Sequence[str]
                          f"({miss['experiment']} {payload_stem(str(miss['payload_file']))} c={miss['concurrency']})")
     lines.append(f"budget gate ({verdict.mode}): {'PASSED' if verdict.passed else 'FAILED'}: {verdict.summary}")
     lines.append("")
-    header = ["experiment", "payload", "c", "req", "err %", "p95 s", "TTFT p95 s", "TPM", "USD/10k", "budgets"]
-    bad: dict[tuple[str, str, int], list[str]] = {}
+    header = ["experiment", "payload", "c/level", "req", "err %", "p95 s", "TTFT p95 s", "TPM", "USD/10k", "budgets"]
+    bad: dict[tuple[str, str, int, str], list[str]] = {}
     for violation in verdict.violations:
-        bad.setdefault((violation.experiment, violation.payload_file, violation.concurrency), []).append(violation.metric)
+        bad.setdefault((violation.experiment, violation.payload_file, violation.concurrency,
+                        violation.level), []).append(violation.metric)
     rows = []
     for row in metrics.head(SUMMARY_ROWS).to_dict("records"):
-        key = (row["experiment"], row["payload_file"], int(row["concurrency"]))
-        rows.append([row["experiment"], payload_stem(row["payload_file"]), str(int(row["concurrency"])),
+        level = str(row.get("level") or "")
+        key = (row["experiment"], row["payload_file"], int(row["concurrency"]), level)
+        rows.append([row["experiment"], payload_stem(row["payload_file"]),
+                     level or f"c{int(row['concurrency'])}",
                      str(int(row["requests"])), _num(row["error_rate"] * 100, 1), _num(row["latency_p95"], 3),
                      _num(row["ttft_p95"], 3), _num(row["transactions_per_minute"], 1),
                      _num(row["cost_per_10k_txn"], 3),

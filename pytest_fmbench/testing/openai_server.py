@@ -30,6 +30,10 @@ Generation length and workloads (all off by default, so the server behaves as be
   deltas (chat; ``reasoning_style="field"``) or as ``<think>...</think>`` text
   (``reasoning_style="think"``, both APIs); they count against ``max_tokens`` and in
   ``completion_tokens``, as in vLLM (the answer gets at least one token).
+A server of known capacity: with ``slots=K`` and ``service_time_s=S`` at most K requests are
+served at once, each for S seconds (its chunks spread evenly over S, the last at S, timed
+against absolute deadlines so sleeps never add up); the others wait, first come first
+served, for a free slot. Its most throughput is K/S requests/s.
 
 Auth, like a real gateway: ``api_key`` requires ``Authorization: Bearer <key>`` (vLLM's
 ``--api-key``), ``required_headers`` and ``required_query`` require those exact values;
@@ -79,6 +83,9 @@ class ServerBehaviour:
         if self.eos_after is None or body.get("ignore_eos"):
             return tokens
         return min(tokens, max(self.eos_after, int(body.get("min_tokens") or 0)))
+    # A server of known capacity (see the module docstring): K slots, S seconds each.
+    slots: int | None = None
+    service_time_s: float = 0.1
 
     def authorized(self, headers: Any, query: Any) -> bool:
         if self.api_key is not None and headers.get("Authorization") != f"Bearer {self.api_key}":
@@ -111,6 +118,7 @@ class FakeOpenAIServer:
         self._runner: web.AppRunner | None = None
         self._ready = threading.Event()
         self._cached_blocks: set[int] = set()
+        self._slots: asyncio.Semaphore | None = None
 
     @property
     def url(self) -> str:
@@ -180,9 +188,37 @@ class FakeOpenAIServer:
 
     async def _complete(self, request: web.Request) -> web.StreamResponse:
         try:
+            if self.behaviour.slots:
+                if self._slots is None:
+                    self._slots = asyncio.Semaphore(self.behaviour.slots)
+                async with self._slots:
+                    return await self._serve_in_slot(request)
             return await self._respond(request)
         except ConnectionResetError:  # the client went away (timeouts, truncation tests)
             return web.Response(status=499)
+
+    async def _serve_in_slot(self, request: web.Request) -> web.StreamResponse:
+        """One request in a slot: S seconds, its chunks at S/n, 2S/n, ..., S."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        body = await request.json()
+        self.stats.requests += 1
+        chat = request.path.endswith("/chat/completions")
+        tokens = max(1, int(body.get("max_tokens") or self.behaviour.completion_tokens))
+        service = self.behaviour.service_time_s
+        if not body.get("stream"):
+            await asyncio.sleep(max(0.0, start + service - loop.time()))
+            return web.json_response(_complete_body(chat, tokens, self.behaviour.usage))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for index in range(tokens):
+            await asyncio.sleep(max(0.0, start + service * (index + 1) / tokens - loop.time()))
+            await response.write(_sse(_chunk(chat, index, index == tokens - 1)))
+        if self.behaviour.usage:
+            await response.write(_sse({"choices": [], "usage": self._usage(body, tokens)}))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
     async def _respond(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -339,12 +375,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--require-query", action="append", default=[], metavar="KEY=VALUE")
     # Accepted like vLLM's (a container image's entry point gets `--model ID` appended).
     parser.add_argument("--model", default=None, help="the model id (only logged)")
+    parser.add_argument("--slots", type=int, default=None,
+                        help="serve at most this many requests at once (others queue)")
+    parser.add_argument("--service-time", type=float, default=0.1,
+                        help="with --slots: seconds each request holds its slot")
     args = parser.parse_args(argv)
     behaviour = ServerBehaviour(ttft_s=args.ttft, token_delay_s=args.token_delay,
                                 fault=args.fault, fault_every=args.fault_every,
                                 api_key=args.api_key,
                                 required_headers=dict(p.split("=", 1) for p in args.require_header),
-                                required_query=dict(p.split("=", 1) for p in args.require_query))
+                                required_query=dict(p.split("=", 1) for p in args.require_query),
+                                slots=args.slots, service_time_s=args.service_time)
     # Like vLLM, which logs its non-default arguments (secrets included) at start.
     # (on stderr: the first line of stdout is the URL, for scripts that read it)
     print(f"non-default args: {vars(args)}", file=sys.stderr, flush=True)
