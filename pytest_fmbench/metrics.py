@@ -339,6 +339,7 @@ def compute_metrics(
 
     _attach_info(out, info)
     _attach_money(out, prices)
+    out = out.copy()  # one block again after many column inserts (pandas' PerformanceWarning)
     order = {name: i for name, i in ((n, e.order) for n, e in info.items())}
     out["_order"] = out["experiment"].map(lambda n: order.get(n, len(order)))
     out["_rate"] = out["offered_rate"].fillna(-1.0)
