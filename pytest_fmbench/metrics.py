@@ -26,6 +26,7 @@ from pytest_fmbench.cases import payload_stem
 from pytest_fmbench.config.pricing import Price
 from pytest_fmbench.load.columnar import RECORD_SCHEMA, records_to_table
 from pytest_fmbench.load.records import RequestRecord
+from pytest_fmbench.telemetry.definitions import TELEMETRY_METRICS
 
 KEYS = ["experiment", "payload_file", "concurrency"]
 PERCENTILES = (50, 90, 95, 99)
@@ -96,6 +97,9 @@ _LIST: list[Metric] = [
     Metric("cost_per_10k_txn", "USD", "lower", "price_per_txn × 10,000"),
 ]
 METRICS: dict[str, Metric] = {m.name: m for m in _LIST}
+# Per-case telemetry aggregates (server /metrics, host, CloudWatch): metrics like the others.
+METRICS.update({name: Metric(name, unit, better, definition)  # type: ignore[arg-type]
+                for name, unit, better, definition in TELEMETRY_METRICS})
 
 # Per-request SLOs behind goodput: a budget on any of these families is also a per-request
 # threshold (a request meets it when its own value is at or under the threshold).

@@ -454,7 +454,7 @@ def fmbench_load(fmbench_case: Case, fmbench_endpoint: Endpoint,
             settings = request.config.stash.get(REPORT_SETTINGS_KEY, None)
             if settings is None or settings.mode != "every":
                 return result
-            violations = case_violations(settings, run.config, result.records)
+            violations = case_violations(settings, run.config, result.records, result.telemetry)
             if not violations:
                 return result
             failure = case_failure_message(violations)

@@ -33,6 +33,7 @@ from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.load.summary import case_summary
 from pytest_fmbench.safety.net import SafetyNet
 from pytest_fmbench.safety.spend import SpendGuard, SpendLedger
+from pytest_fmbench.telemetry.sampler import TelemetryRecorder
 
 
 class SpendLimitReached(Exception):
@@ -52,6 +53,8 @@ class CaseResult:
     case: Case
     records: list[RequestRecord]
     summary: dict[str, Any]
+    # The case's telemetry aggregates (server_waiting_max, ...): pytest_fmbench.telemetry.
+    telemetry: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -99,6 +102,8 @@ class BenchmarkRun:
         self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.spend = SpendLedger(results_dir, worker)
         self.guard: SpendGuard | None = None
+        # Server, host and CloudWatch samples beside each case (telemetry.jsonl).
+        self.telemetry = TelemetryRecorder(config, results_dir, run_id=run_id, worker=worker, log=log)
 
     # -- files -------------------------------------------------------------------------
     @property
@@ -365,13 +370,20 @@ class BenchmarkRun:
             self.records.write(record)
             records.append(record)
 
+        telemetry = self.telemetry.begin({"case_id": case.id, "experiment": case.experiment,
+                                          "payload_file": case.payload_file,
+                                          "concurrency": case.concurrency}, endpoint)
         try:
             run_load(plan, endpoint.client, requests, context, emit, log=self.log)
+        except BaseException:
+            self.telemetry.abandon(telemetry)
+            raise
         finally:
             self.records.checkpoint()
             if self.guard is not None:
                 self.guard.record_case(case.experiment, records)
-        return CaseResult(case, records, case_summary(records))
+        aggregates = self.telemetry.end(telemetry)
+        return CaseResult(case, records, case_summary(records), aggregates)
 
     def close(self) -> None:
         live = self.endpoints.live
@@ -380,6 +392,7 @@ class BenchmarkRun:
             self._account_teardowns(live)
         finally:
             self.records.close()
+            self.telemetry.close()
 
     def start_orphan_cleanup(self, worker: str) -> None:
         """Controller: a worker went down: delete what it left, now (in the background, so

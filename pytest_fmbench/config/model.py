@@ -341,6 +341,37 @@ class OpenAISettings(Section):
     deploy: DeployCommand | None = None
 
 
+class TelemetrySettings(Section):
+    """Ours: what is sampled beside each case (pytest_fmbench/telemetry); unset keys take
+    ``DEFAULTS``. An experiment's ``telemetry:`` keys win over the config's."""
+
+    enabled: bool | None = None
+    # Seconds between two samples of the server's /metrics, the host and its devices.
+    interval_s: float | None = Field(default=None, gt=0, le=3600)
+    # Scrape the server's Prometheus /metrics (OpenAI-compatible endpoints) when it answers.
+    prometheus: bool | None = None
+    # Unset: <base_url>/metrics of the endpoint.
+    metrics_url: str | None = None
+    # More Prometheus metric names to record, beside the vLLM / SGLang / TGI ones we know.
+    server_metrics: list[str] = Field(default_factory=list)
+    # CPU and memory (psutil), NVIDIA GPUs (NVML), Neuron devices (neuron-monitor) of the
+    # machine serving a local, command or container endpoint.
+    host: bool | None = None
+    # SageMaker: the endpoint's CloudWatch metrics for each case's window.
+    cloudwatch: bool | None = None
+
+    DEFAULTS: ClassVar[dict[str, Any]] = {"enabled": True, "interval_s": 1.0, "prometheus": True,
+                                          "host": True, "cloudwatch": True}
+
+    def merged(self, override: TelemetrySettings | None) -> TelemetrySettings:
+        """These settings with ``override``'s explicitly set keys on top, defaults filled."""
+        values = dict(self.DEFAULTS)
+        values.update(self.model_dump(exclude_none=True))
+        if override is not None:
+            values.update(override.model_dump(exclude_none=True, exclude_unset=True))
+        return TelemetrySettings(**values)
+
+
 # Retries of a throttled request when ``retry.max_retries`` is unset; any other backend: 0.
 DEFAULT_MAX_RETRIES = {"bedrock": 3, "sagemaker": 0}
 
@@ -439,6 +470,7 @@ class Experiment(Section):
     bedrock: BedrockSettings | None = None
     load: LoadSettings | None = None
     markers: list[str] = Field(default_factory=list)
+    telemetry: TelemetrySettings | None = None
 
     @property
     def unused_fmbench_keys(self) -> list[str]:
@@ -533,6 +565,7 @@ class Config(Section):
     markers: list[str] = Field(default_factory=list)
     # Budgets on any metric by name (METRICS.md), e.g. {ttft_p95: 0.5}; see budgets.py.
     budgets: dict[str, Any] = Field(default_factory=dict)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     # Set by the loader, not read from YAML.
     source_path: Path | None = Field(default=None, exclude=True)
@@ -683,6 +716,9 @@ class Config(Section):
         }
         base = self.load.model_copy(update=fmbench) if fmbench else self.load
         return base.merged(experiment.load)
+
+    def telemetry_for(self, experiment: Experiment) -> TelemetrySettings:
+        return self.telemetry.merged(experiment.telemetry)
 
     def experiment(self, name: str) -> Experiment:
         for experiment in self.experiments:

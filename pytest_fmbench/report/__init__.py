@@ -34,7 +34,10 @@ from pytest_fmbench.metrics import (
     experiment_costs,
     request_frame,
 )
-from pytest_fmbench.report import exports, history, markdown, plots
+from pytest_fmbench.report import exports, history, markdown, plots, timeline
+from pytest_fmbench.telemetry.report import add_telemetry
+from pytest_fmbench.telemetry.report import section as telemetry_section
+from pytest_fmbench.telemetry.sampler import read_telemetry
 
 REPORT_FILE = "report.md"
 RESULTS_FILE = "results.json"
@@ -61,6 +64,8 @@ class Analysis:
     costs: pd.DataFrame
     gate: GateResult
     events: list[dict[str, Any]]
+    # telemetry*.jsonl lines (pytest_fmbench.telemetry): samples and each case's sources.
+    telemetry: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -90,10 +95,12 @@ def analyze(results_dir: Path, config: Config, prices: Mapping[str, Price | None
     frame = request_frame(table) if table.num_rows else pd.DataFrame()
     metrics = compute_metrics(table, prices=prices, info=info, slos=budgets.slos(names),
                               frame=frame if table.num_rows else None)
+    telemetry = read_telemetry(results_dir)
+    metrics = add_telemetry(metrics, telemetry)  # before the gate: budgets may name them
     events = read_events(results_dir)
     costs = experiment_costs(table, events, prices, info)
     verdict = gate(metrics, budgets, mode, config.metrics.dataset_of_interest)
-    return Analysis(table, frame, metrics, costs, verdict, events)
+    return Analysis(table, frame, metrics, costs, verdict, events, telemetry)
 
 
 def versions() -> dict[str, str]:
@@ -203,6 +210,10 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
         latency_quantiles=plots.latency_quantiles(analysis.frame) if len(analysis.frame) else pd.DataFrame(
             columns=["experiment", "payload_file", "concurrency", "q", "latency_s"]),
         budgets=common, dataset_of_interest=doi, focus_payload=focus), results_dir / PLOTS_DIR, errors)) or []
+    sample = plots.request_sample(analysis.frame) if len(analysis.frame) else analysis.frame
+    if len(analysis.frame):
+        drawn += attempt("plots", lambda: timeline.render(analysis.frame, sample, analysis.telemetry,
+                                                          results_dir / PLOTS_DIR, errors)) or []
     config_used = attempt("config", lambda: exports.config_used(config)) or {}
     attempt(PER_REQUEST_FILE, csv_done.result)
     per_request.shutdown()
@@ -232,7 +243,10 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
         text = markdown.render(meta=meta, metrics=metrics, costs=analysis.costs, gate=verdict, budgets=budgets,
                                plots=[p.name for p in drawn], config_used=config_used, prices=prices,
                                glossary=glossary(), errors=errors,
-                               compatibility=markdown.compatibility_notes(config))
+                               compatibility=markdown.compatibility_notes(config),
+                               telemetry=telemetry_section(metrics, analysis.telemetry, markdown.cell),
+                               plot_titles={p.name: timeline.timeline_title(p.name) or p.name
+                                            for p in drawn})
         temporary = report_path.with_name(report_path.name + ".tmp")
         temporary.write_text(redaction.scrub(text, inline=False), encoding="utf-8")
         temporary.replace(report_path)

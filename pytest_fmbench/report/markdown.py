@@ -82,6 +82,8 @@ def render(
     glossary: str,
     errors: Sequence[str] = (),
     compatibility: Sequence[str] = (),
+    telemetry: Sequence[str] = (),
+    plot_titles: Mapping[str, str] | None = None,
 ) -> str:
     out: list[str] = []
     name = meta.get("name") or "benchmark"
@@ -105,8 +107,9 @@ def render(
     out += _recommended(gate)
     out += _costs(costs)
     out += _client(metrics)
+    out += list(telemetry)
     out.append("## Plots\n")
-    titles = dict(PLOTS)
+    titles = {**(plot_titles or {}), **dict(PLOTS)}
     for plot in plots:
         out.append(f"### {titles.get(plot, plot)}\n\n![{titles.get(plot, plot)}](plots/{plot})\n")
     out.append("## Prices used\n")
