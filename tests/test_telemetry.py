@@ -138,22 +138,22 @@ class FakePynvml(types.ModuleType):
         super().__init__("pynvml")
         self.shutdown = False
 
-    def nvmlInit(self) -> None:  # noqa: N802 - pynvml's names
+    def nvmlInit(self) -> None:
         pass
 
-    def nvmlShutdown(self) -> None:  # noqa: N802
+    def nvmlShutdown(self) -> None:
         self.shutdown = True
 
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802
+    def nvmlDeviceGetCount(self) -> int:
         return 2
 
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:  # noqa: N802
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
         return index
 
-    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:  # noqa: N802
+    def nvmlDeviceGetUtilizationRates(self, handle: int) -> Any:
         return types.SimpleNamespace(gpu=[30, 90][handle], memory=0)
 
-    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:  # noqa: N802
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
         return types.SimpleNamespace(total=100, used=[25, 75][handle], free=0)
 
 
@@ -190,7 +190,7 @@ def test_neuron_monitor_reports_give_the_mean_neuroncore_utilization(tmp_path: P
     tool.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     monkeypatch.setitem(sys.modules, "pynvml", None)
-    sources, missing = host.open_host_sources(1.0)
+    sources, _ = host.open_host_sources(1.0)
     neuron = next(s for s in sources if s.name == "neuron")
     try:
         for _ in range(100):
@@ -205,8 +205,8 @@ def test_neuron_monitor_reports_give_the_mean_neuroncore_utilization(tmp_path: P
 
 
 def test_cloudwatch_window_is_whole_minutes_and_queries_both_namespaces() -> None:
-    start = datetime.datetime(2026, 1, 1, 10, 0, 15, tzinfo=datetime.timezone.utc)
-    end = datetime.datetime(2026, 1, 1, 10, 1, 5, tzinfo=datetime.timezone.utc)
+    start = datetime.datetime(2026, 1, 1, 10, 0, 15, tzinfo=datetime.UTC)
+    end = datetime.datetime(2026, 1, 1, 10, 1, 5, tzinfo=datetime.UTC)
     first, last = cloudwatch.window(int(start.timestamp() * 1e9), int(end.timestamp() * 1e9))
     assert (first.minute, first.second, last.minute, last.second) == (0, 0, 2, 0)
     queries = cloudwatch.queries(cloudwatch.CloudWatchTarget("ep", "AllTraffic"))

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -97,14 +98,14 @@ def _timeline(experiment: str, rows: pd.DataFrame, server: pd.DataFrame, windows
     top.set_ylabel("requests")
     top.set_ylim(bottom=0)
     top.grid(alpha=0.3)
-    top.legend(fontsize=8, loc="upper left", framealpha=0.85)
+    top.legend(fontsize=8, loc="upper right", framealpha=0.85)
     p50 = latency_p50_per_second(rows, origin)
     if p50.empty:
         _empty(bottom, "no successful request")
     else:
         bottom.plot(p50["second"], p50["latency_p50"], "-o", markersize=3, color="#8e44ad",
                     label="latency p50 of the requests finished in that second")
-        bottom.legend(fontsize=8, loc="upper left", framealpha=0.85)
+        bottom.legend(fontsize=8, loc="lower right", framealpha=0.85)
         bottom.set_ylim(bottom=0)
     bottom.set_xlabel("seconds since the experiment's first request")
     bottom.set_ylabel("latency p50 (s)")
@@ -122,7 +123,7 @@ def prompt_buckets(tokens: np.ndarray, count: int = BUCKETS) -> tuple[np.ndarray
     edges = np.unique(np.round(np.quantile(tokens, np.linspace(0, 1, count + 1))))
     if len(edges) < 2:
         edges = np.array([edges[0], edges[0] + 1]) if len(edges) else np.array([0.0, 1.0])
-    labels = [f"{int(a)}–{int(b)}" for a, b in zip(edges, edges[1:])]
+    labels = [f"{int(a)}–{int(b)}" for a, b in itertools.pairwise(edges)]
     return edges, labels
 
 
@@ -154,14 +155,15 @@ def latency_by_prompt_length(sample: pd.DataFrame, path: Path) -> Path:
                 for box in parts["boxes"]:
                     box.set(facecolor=colors[experiment], alpha=0.55)
                 ax.plot([], [], color=colors[experiment], linewidth=6, alpha=0.55, label=experiment)
+            ax.set_xlim(-0.6, len(labels) - 0.4)
+            ax.set_ylim(0, float(subset["latency_s"].max()) * 1.15 or 1.0)
             ax.set_xticks(range(len(labels)))
             ax.set_xticklabels(labels, fontsize=7.5, rotation=20)
             ax.set_title(f"concurrency {level}", fontsize=10)
             ax.set_xlabel("prompt length (tokens)")
             ax.set_ylabel("latency (s)")
-            ax.set_ylim(bottom=0)
             ax.grid(alpha=0.3, axis="y")
-        axes[0].legend(fontsize=8, loc="upper left", framealpha=0.85)
+        axes[-1].legend(fontsize=8, loc="upper right", framealpha=0.85)
     fig.suptitle("Latency by prompt length, per concurrency", fontsize=12, fontweight="bold")
     fig.text(0.5, 0.01, "successful requests; buckets: quantiles of the prompt lengths; boxes: "
              "quartiles, whiskers 1.5 IQR", ha="center", fontsize=8.5, color="#555555")

@@ -7,6 +7,7 @@ The report and gate mode ``every`` both use ``case_aggregates``, so they cannot 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,7 +38,7 @@ def counter_delta(points: list[tuple[int, float]]) -> float | None:
     if len(points) < 2:
         return None
     total = 0.0
-    for (_, before), (_, after) in zip(points, points[1:]):
+    for (_, before), (_, after) in itertools.pairwise(points):
         total += after - before if after >= before else after
     return total
 

@@ -49,7 +49,7 @@ def window(start_ns: int, end_ns: int) -> tuple[datetime.datetime, datetime.date
     start_s = start_ns // 1_000_000_000 // PERIOD_S * PERIOD_S
     end_s = -(-end_ns // 1_000_000_000 // PERIOD_S) * PERIOD_S
     end_s = max(end_s, start_s + PERIOD_S)
-    utc = datetime.timezone.utc
+    utc = datetime.UTC
     return (datetime.datetime.fromtimestamp(start_s, utc), datetime.datetime.fromtimestamp(end_s, utc))
 
 

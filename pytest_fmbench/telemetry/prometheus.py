@@ -94,12 +94,16 @@ def engine_of(values: Iterable[str]) -> str:
 def fetch(url: str, timeout_s: float) -> str:
     """The exposition text; raises OSError (URLError, HTTPError, timeouts) when it fails."""
     request = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4"})
-    with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - the user's URL
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
         return str(response.read().decode("utf-8", "replace"))
 
 
 def probe(url: str, timeout_s: float = 3.0) -> tuple[bool, str]:
     """(True, engine) when ``url`` answers with Prometheus metrics; else (False, why not)."""
+    try:
+        import prometheus_client  # noqa: F401 - the parser, imported before any request
+    except ImportError:
+        return False, "prometheus-client is not installed (pip install 'pytest-fmbench[telemetry]')"
     try:
         values = samples_of(fetch(url, timeout_s))
     except urllib.error.HTTPError as exc:

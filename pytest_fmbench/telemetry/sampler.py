@@ -30,7 +30,7 @@ from pytest_fmbench.endpoints.base import (
     PublishesCloudWatchMetrics,
     RunsOnThisHost,
 )
-from pytest_fmbench.redaction import redact_url
+from pytest_fmbench.redaction import redact_url, scrub
 from pytest_fmbench.telemetry.aggregate import case_aggregates
 
 REPLY_TIMEOUT_S = 30.0
@@ -224,7 +224,11 @@ class TelemetryRecorder:
             case.unavailable["cloudwatch"] = "not a SageMaker endpoint"
 
     def _read_cloudwatch(self, case: CaseTelemetry, end_ns: int) -> None:
-        from pytest_fmbench.telemetry.cloudwatch import PERIOD_S, CloudWatchTarget, fetch_case_metrics
+        from pytest_fmbench.telemetry.cloudwatch import (
+            PERIOD_S,
+            CloudWatchTarget,
+            fetch_case_metrics,
+        )
 
         assert case.cloudwatch is not None
         name, variant = case.cloudwatch
@@ -252,8 +256,10 @@ class TelemetryRecorder:
     def _write(self, case: CaseTelemetry, end_ns: int) -> None:
         head = {"run_id": self.run_id, "worker": self.worker, **case.keys}
         lines = [{"kind": "case", **head, "start_ns": case.start_ns, "end_ns": end_ns,
-                  "interval_s": case.settings.interval_s, "available": case.available,
-                  "unavailable": case.unavailable}]
+                  "interval_s": case.settings.interval_s,
+                  # A reason may quote the URL or a service's error: scrubbed like any detail.
+                  "available": {k: scrub(v) for k, v in case.available.items()},
+                  "unavailable": {k: scrub(v) for k, v in case.unavailable.items()}}]
         lines += [{"kind": "sample", **head, **sample} for sample in case.samples]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as out:
