@@ -27,6 +27,7 @@ from pytest_fmbench.config.pricing import Price
 from pytest_fmbench.load.columnar import RECORD_SCHEMA, records_to_table
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.load.stored import StoredRecords
+from pytest_fmbench.telemetry.definitions import TELEMETRY_METRICS
 
 # A combination: experiment × payload file × load level (a concurrency level has level "";
 # an open-loop level is ``r8``, a sweep's or a search's ``sweep-r12.5``, ``slo-r9``).
@@ -135,6 +136,9 @@ _LIST: list[Metric] = [
     Metric("cost_per_10k_txn", "USD", "lower", "price_per_txn × 10,000"),
 ]
 METRICS: dict[str, Metric] = {m.name: m for m in _LIST}
+# Per-case telemetry aggregates (server /metrics, host, CloudWatch): metrics like the others.
+METRICS.update({name: Metric(name, unit, better, definition)  # type: ignore[arg-type]
+                for name, unit, better, definition in TELEMETRY_METRICS})
 
 # Per-request SLOs behind goodput: a budget on any of these families is also a per-request
 # threshold (a request meets it when its own value is at or under the threshold).

@@ -517,7 +517,7 @@ def fmbench_load(fmbench_case: Case, fmbench_endpoint: Endpoint,
             # The accuracy pass measures nothing: its requests face the accuracy budgets only.
             if settings is None or settings.mode != "every" or fmbench_case.accuracy:
                 return result
-            violations = case_violations(settings, run.config, result.records)
+            violations = case_violations(settings, run.config, result.records, result.telemetry)
             if not violations:
                 return result
             failure = case_failure_message(violations)

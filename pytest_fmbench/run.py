@@ -39,6 +39,7 @@ from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.load.stored import CaseRecorder
 from pytest_fmbench.safety.net import SafetyNet
 from pytest_fmbench.safety.spend import SpendGuard, SpendLedger
+from pytest_fmbench.telemetry.sampler import TelemetryRecorder
 
 
 class SpendLimitReached(Exception):
@@ -59,6 +60,8 @@ class CaseResult:
     # A sequence: a list, or the records file read back on demand (``StoredRecords``).
     records: Sequence[RequestRecord]
     summary: dict[str, Any]
+    # The case's telemetry aggregates (server_waiting_max, ...): pytest_fmbench.telemetry.
+    telemetry: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -115,6 +118,8 @@ class BenchmarkRun:
         self.slos: dict[str, dict[str, float]] = {}
         # One line per level of a case and per SLO search (load/levels.py), for the report.
         self.levels_path = results_dir / f"levels{suffix}.jsonl"
+        # Server, host and CloudWatch samples beside each case (telemetry.jsonl).
+        self.telemetry = TelemetryRecorder(config, results_dir, run_id=run_id, worker=worker, log=log)
 
     # -- files -------------------------------------------------------------------------
     @property
@@ -393,6 +398,19 @@ class BenchmarkRun:
             from pytest_fmbench.accuracy.experiment_pass import run_accuracy_pass
 
             return run_accuracy_pass(self, case, endpoint)
+        # Server, host and CloudWatch samples beside the case (pytest_fmbench.telemetry).
+        telemetry = self.telemetry.begin({"case_id": case.id, "experiment": case.experiment,
+                                          "payload_file": case.payload_file,
+                                          "concurrency": case.concurrency}, endpoint)
+        try:
+            result = self._run_load_case(case, endpoint)
+        except BaseException:
+            self.telemetry.abandon(telemetry)
+            raise
+        result.telemetry = self.telemetry.end(telemetry)
+        return result
+
+    def _run_load_case(self, case: Case, endpoint: Endpoint) -> CaseResult:
         experiment = self.config.experiment(case.experiment)
         settings = self.config.load_for(experiment)
         if case.level_kind or (settings.repeats or 1) > 1:
@@ -525,6 +543,7 @@ class BenchmarkRun:
             self._account_teardowns(live)
         finally:
             self.records.close()
+            self.telemetry.close()
 
     def start_orphan_cleanup(self, worker: str) -> None:
         """Controller: a worker went down: delete what it left, now (in the background, so

@@ -11,7 +11,7 @@ import pytest
 from pytest_fmbench.config.loader import load_config
 from pytest_fmbench.config.model import Config
 from pytest_fmbench.load.columnar import ColumnarRecordWriter
-from pytest_fmbench.report import build_report, plots
+from pytest_fmbench.report import build_report, plots, timeline
 from pytest_fmbench.report.exports import FMBENCH_METRIC_COLUMNS, REDACTED, redact
 from pytest_fmbench.report.session import finish, prepare
 from tests.metrics_vector import EVENTS, vector_records
@@ -82,7 +82,11 @@ def test_every_file_is_written(built) -> None:
     assert outcome.errors == []
     for name in ("report.md", "results.json", "all_metrics.csv", "per_inference_request_results.csv"):
         assert (folder / name).is_file(), name
-    assert sorted(p.name for p in (folder / "plots").glob("*.png")) == sorted(name for name, _ in plots.PLOTS)
+    # The eight plots, the prompt-length box plot and one timeline per experiment (telemetry).
+    experiments = json.loads((folder / "results.json").read_text())["metrics"]
+    expected = [name for name, _ in plots.PLOTS] + [timeline.BOX_PLOT] + sorted(
+        {timeline.timeline_name(row["experiment_name"]) for row in experiments})
+    assert sorted(p.name for p in (folder / "plots").glob("*.png")) == sorted(expected)
     assert not list(folder.glob("*.tmp"))
 
 
@@ -179,7 +183,9 @@ def test_a_broken_plot_loses_nothing_else(tmp_path: Path, monkeypatch: pytest.Mo
     outcome = build_report(folder, config, settings.prices, settings.budgets)
     assert outcome.errors == ["plot latency_cdf.png: RuntimeError: no ink"]
     assert (folder / "report.md").is_file() and (folder / "results.json").is_file()
-    assert len(list((folder / "plots").glob("*.png"))) == 7
+    assert not (folder / "plots" / "latency_cdf.png").exists()
+    assert (folder / "plots" / "latency_percentiles.png").is_file()
+    assert (folder / "plots" / timeline.BOX_PLOT).is_file()
     assert "could not be built" in (folder / "report.md").read_text()
     assert (folder / "records.jsonl").is_file()
 

@@ -549,6 +549,35 @@ class ContainerSettings(Section):
     startup_timeout_s: float | None = Field(default=None, gt=0)
     # SIGTERM, then SIGKILL after this long (0: at once).
     stop_timeout_s: float = Field(default=5.0, ge=0)
+class TelemetrySettings(Section):
+    """Ours: what is sampled beside each case (pytest_fmbench/telemetry); unset keys take
+    ``DEFAULTS``. An experiment's ``telemetry:`` keys win over the config's."""
+
+    enabled: bool | None = None
+    # Seconds between two samples of the server's /metrics, the host and its devices.
+    interval_s: float | None = Field(default=None, gt=0, le=3600)
+    # Scrape the server's Prometheus /metrics (OpenAI-compatible endpoints) when it answers.
+    prometheus: bool | None = None
+    # Unset: <base_url>/metrics of the endpoint.
+    metrics_url: str | None = None
+    # More Prometheus metric names to record, beside the vLLM / SGLang / TGI ones we know.
+    server_metrics: list[str] = Field(default_factory=list)
+    # CPU and memory (psutil), NVIDIA GPUs (NVML), Neuron devices (neuron-monitor) of the
+    # machine serving a local, command or container endpoint.
+    host: bool | None = None
+    # SageMaker: the endpoint's CloudWatch metrics for each case's window.
+    cloudwatch: bool | None = None
+
+    DEFAULTS: ClassVar[dict[str, Any]] = {"enabled": True, "interval_s": 1.0, "prometheus": True,
+                                          "host": True, "cloudwatch": True}
+
+    def merged(self, override: TelemetrySettings | None) -> TelemetrySettings:
+        """These settings with ``override``'s explicitly set keys on top, defaults filled."""
+        values = dict(self.DEFAULTS)
+        values.update(self.model_dump(exclude_none=True))
+        if override is not None:
+            values.update(override.model_dump(exclude_none=True, exclude_unset=True))
+        return TelemetrySettings(**values)
 
 
 # Retries of a throttled request when ``retry.max_retries`` is unset; any other backend: 0.
@@ -655,6 +684,7 @@ class Experiment(Section):
     ec2: dict[str, Any] | None = None
     load: LoadSettings | None = None
     markers: list[str] = Field(default_factory=list)
+    telemetry: TelemetrySettings | None = None
 
     @property
     def unused_fmbench_keys(self) -> list[str]:
@@ -780,6 +810,7 @@ class Config(Section):
     model_evaluations: str | dict[str, Any] | None = None
     # Ours: accuracy settings (pytest_fmbench.accuracy.settings validates them).
     accuracy: dict[str, Any] | None = None
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     # Set by the loader, not read from YAML.
     source_path: Path | None = Field(default=None, exclude=True)
@@ -953,6 +984,8 @@ class Config(Section):
         if experiment.rates is not None:
             return experiment.rates
         return self.load_for(experiment).rates or []
+    def telemetry_for(self, experiment: Experiment) -> TelemetrySettings:
+        return self.telemetry.merged(experiment.telemetry)
 
     def experiment(self, name: str) -> Experiment:
         for experiment in self.experiments:

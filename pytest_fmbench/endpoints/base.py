@@ -146,3 +146,29 @@ class SupportsReaping(Protocol):
     """
 
     def reap_plan(self) -> dict[str, Any] | None: ...
+
+
+# -- telemetry (pytest_fmbench.telemetry): what can be sampled beside a case -----------------
+
+@runtime_checkable
+class ExposesServerMetrics(Protocol):
+    """An endpoint whose server may publish Prometheus metrics (vLLM, SGLang, TGI): the URL
+    to try, or None. Scraped during each case when it answers."""
+
+    def metrics_url(self) -> str | None: ...
+
+
+@runtime_checkable
+class RunsOnThisHost(Protocol):
+    """An endpoint served by this machine (local, a deploy command, a container, a loopback
+    URL): its CPU, memory, GPUs and Neuron devices are sampled during each case."""
+
+    def runs_on_this_host(self) -> bool: ...
+
+
+@runtime_checkable
+class PublishesCloudWatchMetrics(Protocol):
+    """An endpoint with CloudWatch metrics (SageMaker): ``(endpoint name, variant name)``,
+    read for each case's window after it ran."""
+
+    def cloudwatch_dimensions(self) -> tuple[str, str]: ...

@@ -104,6 +104,13 @@ class LocalEndpoint(StopsOrphanedServer):
             keep_text=False,
         )
 
+    def metrics_url(self) -> str | None:
+        url = self._server.url if self._server is not None else None
+        return f"{url}/metrics" if url else None
+
+    def runs_on_this_host(self) -> bool:
+        return True
+
     def describe(self) -> dict[str, Any]:
         return {
             "backend": "local",

@@ -241,6 +241,20 @@ class OpenAIEndpoint(StopsOrphanedServer):
             keep_text=False,
         )
 
+    def metrics_url(self) -> str | None:
+        """vLLM, SGLang and TGI serve Prometheus metrics at /metrics beside the API."""
+        return f"{self.base_url}/metrics"
+
+    def runs_on_this_host(self) -> bool:
+        """Started here by the deploy command, or addressed on loopback."""
+        if self.deploy_settings is not None:
+            return True
+        try:
+            host = urlsplit(self.base_url).hostname or ""
+        except ValueError:
+            return False
+        return host in ("localhost", "::1") or host.startswith("127.")
+
     def describe(self) -> dict[str, Any]:
         """Never the headers or the command (they may carry secrets)."""
         facts: dict[str, Any] = {

@@ -560,6 +560,10 @@ class SageMakerEndpoint:
         result.last_byte_ns = now_ns()
         return decoder.finish()
 
+    def cloudwatch_dimensions(self) -> tuple[str, str]:
+        """CloudWatch's EndpointName and VariantName of this endpoint (telemetry)."""
+        return self.endpoint_name, self.settings.target_variant or self.settings.variant_name
+
     def describe(self) -> dict[str, Any]:
         return {
             "backend": "sagemaker",

@@ -34,8 +34,11 @@ from pytest_fmbench.metrics import (
     experiment_costs,
     request_frame,
 )
-from pytest_fmbench.report import exports, history, markdown, plots
+from pytest_fmbench.report import exports, history, markdown, plots, timeline
 from pytest_fmbench.report.workloads import workload_section
+from pytest_fmbench.telemetry.report import add_telemetry
+from pytest_fmbench.telemetry.report import section as telemetry_section
+from pytest_fmbench.telemetry.sampler import read_telemetry
 
 REPORT_FILE = "report.md"
 RESULTS_FILE = "results.json"
@@ -65,6 +68,8 @@ class Analysis:
     # Load levels (report/levels.py): each level's outcome, each SLO search's result.
     levels: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     searches: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    # telemetry*.jsonl lines (pytest_fmbench.telemetry): samples and each case's sources.
+    telemetry: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -98,6 +103,8 @@ def analyze(results_dir: Path, config: Config, prices: Mapping[str, Price | None
     frame = request_frame(table) if table.num_rows else pd.DataFrame()
     metrics = compute_metrics(table, prices=prices, info=info, slos=budgets.slos(names),
                               frame=frame if table.num_rows else None)
+    telemetry = [line for folder in dirs for line in read_telemetry(folder)]
+    metrics = add_telemetry(metrics, telemetry)  # before the gate: budgets may name them
     events = [event for folder in dirs for event in read_events(folder)]
     costs = experiment_costs(table, events, prices, info)
     verdict = gate(metrics, budgets, mode, config.metrics.dataset_of_interest)
@@ -111,7 +118,7 @@ def analyze(results_dir: Path, config: Config, prices: Mapping[str, Price | None
         verdict.violations += missed
         verdict.passed = False
         verdict.summary += f"; {len(missed)} SLO search(es) below their max_sustainable_rate budget"
-    return Analysis(table, frame, metrics, costs, verdict, events, levels, searches)
+    return Analysis(table, frame, metrics, costs, verdict, events, levels, searches, telemetry)
 
 
 def versions() -> dict[str, str]:
@@ -226,6 +233,10 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
     curves = attempt("load levels", lambda: load_levels.rate_curves(metrics, analysis.levels))
     level_plots = attempt("level plots", lambda: load_levels.render_plots(
         curves, analysis.searches, results_dir / PLOTS_DIR)) if curves is not None else None
+    sample = plots.request_sample(analysis.frame) if len(analysis.frame) else analysis.frame
+    if len(analysis.frame):
+        drawn += attempt("plots", lambda: timeline.render(analysis.frame, sample, analysis.telemetry,
+                                                          results_dir / PLOTS_DIR, errors)) or []
     config_used = attempt("config", lambda: exports.config_used(config)) or {}
     attempt(PER_REQUEST_FILE, csv_done.result)
     per_request.shutdown()
@@ -258,7 +269,10 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
                                plots=[p.name for p in drawn], config_used=config_used, prices=prices,
                                glossary=glossary(), errors=errors,
                                compatibility=markdown.compatibility_notes(config),
-                               workloads=workload_section(metrics, analysis.records))
+                               workloads=workload_section(metrics, analysis.records),
+                               telemetry=telemetry_section(metrics, analysis.telemetry, markdown.cell),
+                               plot_titles={p.name: timeline.timeline_title(p.name) or p.name
+                                            for p in drawn})
         if curves is not None:
             text += load_levels.markdown_section(curves, analysis.searches,
                                                  [p.name for p in level_plots or []])

@@ -83,6 +83,8 @@ def render(
     errors: Sequence[str] = (),
     compatibility: Sequence[str] = (),
     workloads: Sequence[str] = (),
+    telemetry: Sequence[str] = (),
+    plot_titles: Mapping[str, str] | None = None,
 ) -> str:
     out: list[str] = []
     name = meta.get("name") or "benchmark"
@@ -107,8 +109,9 @@ def render(
     out += _costs(costs)
     out += _client(metrics)
     out += workloads  # report/workloads.py: lengths, prefix cache, reasoning, sessions
+    out += list(telemetry)
     out.append("## Plots\n")
-    titles = dict(PLOTS)
+    titles = {**(plot_titles or {}), **dict(PLOTS)}
     for plot in plots:
         out.append(f"### {titles.get(plot, plot)}\n\n![{titles.get(plot, plot)}](plots/{plot})\n")
     out.append("## Prices used\n")

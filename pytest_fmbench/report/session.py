@@ -68,15 +68,20 @@ def prepare(config: Config, cli_budgets: Sequence[str] = (), mode: str | None = 
     return ReportSettings(prices, budgets, mode)  # type: ignore[arg-type]
 
 
-def case_violations(settings: ReportSettings, config: Config, records: Sequence[RequestRecord]) -> list[Violation]:
-    """Gate mode ``every``: the budget violations of one case, from its own records."""
+def case_violations(settings: ReportSettings, config: Config, records: Sequence[RequestRecord],
+                    telemetry: Mapping[str, float] | None = None) -> list[Violation]:
+    """Gate mode ``every``: the budget violations of one case, from its own records (and its
+    telemetry aggregates, ``CaseResult.telemetry``)."""
     if not records or settings.budgets.empty:
         return []
     from pytest_fmbench.report import experiment_info
+    from pytest_fmbench.telemetry.definitions import TELEMETRY_METRIC_NAMES
 
     experiment = records[0].experiment
     metrics = compute_metrics(records, prices={experiment: settings.prices.get(experiment)},
                               info=experiment_info(config), slos=settings.budgets.slos([experiment]))
+    for name in TELEMETRY_METRIC_NAMES:
+        metrics[name] = (telemetry or {}).get(name, math.nan)
     return _violations(metrics, settings.budgets)
 
 

@@ -728,6 +728,8 @@ def aws_environment(*, control_url: str | None = None, runtime_url: str | None =
     }
     if control_url:
         env["AWS_ENDPOINT_URL_SAGEMAKER"] = control_url
+        # The endpoints' CloudWatch metrics (telemetry): moto serves CloudWatch too.
+        env["AWS_ENDPOINT_URL_CLOUDWATCH"] = control_url
     if runtime_url:
         env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = runtime_url
         env["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] = runtime_url
