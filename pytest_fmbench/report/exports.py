@@ -48,15 +48,16 @@ FMBENCH_METRIC_COLUMNS = {
 
 def all_metrics_frame(metrics: pd.DataFrame, meets: pd.Series | None = None) -> pd.DataFrame:
     """FMBench's all_metrics columns first (its names), then every metric of ours."""
-    out = pd.DataFrame(index=metrics.index)
+    columns: dict[str, pd.Series] = {}
     for fmbench, ours in FMBENCH_METRIC_COLUMNS.items():
-        out[fmbench] = metrics["transactions_per_minute"] / 60 if ours is None else metrics[ours]
+        columns[fmbench] = metrics["transactions_per_minute"] / 60 if ours is None else metrics[ours]
     rest = [c for c in metrics.columns if c not in set(FMBENCH_METRIC_COLUMNS.values())]
     for column in rest:
-        out[column] = metrics[column]
+        columns[column] = metrics[column]
     if meets is not None:
-        out["meets_budgets"] = meets.reindex(metrics.index)
-    return out
+        columns["meets_budgets"] = meets.reindex(metrics.index)
+    # Built at once: a column at a time fragments the frame (pandas' PerformanceWarning).
+    return pd.DataFrame(columns, index=metrics.index)
 
 
 def write_all_metrics(path: Path, metrics: pd.DataFrame, meets: pd.Series | None = None) -> Path:
