@@ -66,6 +66,13 @@ NO_CONFIG = (
 CASE_SUMMARY_KEY = pytest.StashKey[dict[str, Any]]()
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """pytest_fmbench_* hooks for users' conftest files and plugins (``hooks.py``)."""
+    from pytest_fmbench import hooks
+
+    pluginmanager.add_hookspecs(hooks)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("fmbench", "pytest-fmbench: foundation-model benchmarks")
     group.addoption("--fmbench-config", dest="fmbench_config", metavar="PATH", default=None,

@@ -290,6 +290,9 @@ class ControllerRole(Role):
                          missing_cases=self.ledger.missing, stopped=run.spend.stop_reasons(),
                          left_running=run.left_running())
         self.outcome = outcome
+        call_user_hook(run, "pytest_fmbench_session_report",
+                       lambda: self.config.hook.pytest_fmbench_session_report(
+                           report=outcome, results_dir=run.results_dir, config=self.config))
         if self.setup.upload:
             _upload(run, outcome)
         _write_step_summary(outcome)
@@ -309,6 +312,15 @@ class ControllerRole(Role):
             self.outcome = outcome
             _write_step_summary(outcome)
         self._fail(also_from=(pytest.ExitCode.NO_TESTS_COLLECTED,))
+
+
+def call_user_hook(run: BenchmarkRun, name: str, call: Callable[[], object]) -> None:
+    """Call a ``pytest_fmbench_*`` hook (``hooks.py``); a user's implementation that raises is
+    one warning line: pushing results to a dashboard must never fail or stop the benchmark."""
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - users' code, reported
+        run.log(f"[fmbench] WARNING {name} raised {type(exc).__name__}: {exc}")
 
 
 def _set_aside_previous_run(results_dir: Path) -> None:
@@ -391,6 +403,7 @@ class Controller:
         self.cases = cases
         self.settings = settings
         self.case_ids = {case.id: case.experiment for case in cases}
+        self.cases_by_id = {case.id: case for case in cases}
         # Cases skipped on purpose (a payload file no filter produces) are not missing.
         self.skipped_ids = {case.id for case in cases if case.skip_reason}
         self.expected: list[str] = []
@@ -471,6 +484,11 @@ class Controller:
         if isinstance(value, dict) and reporter is not None:
             reporter.ensure_newline()
             reporter.write_line(format_summary(value["case"], value["summary"]))
+        if isinstance(value, dict) and (case := self.cases_by_id.get(str(value["case"]))):
+            summary = value["summary"]
+            call_user_hook(self.run, "pytest_fmbench_case_finished",
+                           lambda: self.config.hook.pytest_fmbench_case_finished(
+                               case=case, summary=summary, config=self.config))
 
 
 class XdistHooks:
