@@ -86,6 +86,9 @@ def fake_config(tmp_path: Path, *, collectonly: bool = False, worker: str = "") 
         invocation_params=SimpleNamespace(args=("--fmbench-set", "key=s3cr3t", "bench"),
                                           dir=tmp_path),
         pluginmanager=SimpleNamespace(get_plugin=lambda name: None),
+        # No conftest implements the pytest_fmbench_* hooks (hooks.py).
+        hook=SimpleNamespace(pytest_fmbench_session_report=lambda **kwargs: [],
+                             pytest_fmbench_case_finished=lambda **kwargs: []),
     )
     if worker:
         config.workerinput = {"workerid": worker}
