@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,15 @@ from pytest_fmbench.cases import Case
 from pytest_fmbench.config.model import Config
 from pytest_fmbench.errors import ConfigError, FmbenchError
 from pytest_fmbench.load.summary import format_summary
+from pytest_fmbench.progress import (
+    PROGRESS_DIR,
+    Display,
+    SnapshotFile,
+    choose_interval,
+    choose_mode,
+    fd_writer,
+    read_snapshots,
+)
 from pytest_fmbench.redaction import redact_args
 from pytest_fmbench.report.ci import write_step_summary
 from pytest_fmbench.report.history import load_baseline, parse_thresholds, resolve_baseline
@@ -48,6 +60,8 @@ LOG_ATTRIBUTE = "fmbench_log"
 # What a worker could not tear down, in its workeroutput.
 LEFT_RUNNING_OUTPUT = "fmbench_left_running"
 CONTROLLER = "fmbench-controller"
+# The controller's live progress display (progress.py), for the lines that must clear it first.
+PROGRESS_KEY = pytest.StashKey["Display"]()
 
 
 def setting(config: pytest.Config, name: str, env: str) -> str | None:
@@ -59,6 +73,20 @@ def setting(config: pytest.Config, name: str, env: str) -> str | None:
         return os.environ[env]
     ini = config.getini(name)
     return str(ini) if ini else None
+
+
+def hourly_price(settings: ReportSettings, experiment: str) -> float | None:
+    """An instance-priced experiment's USD per hour (None: token-priced or not priced)."""
+    price = settings.prices.get(experiment)
+    value = price.price_per_hour if price is not None else math.nan
+    return None if math.isnan(value) else value
+
+
+def clear_progress(config: pytest.Config) -> None:
+    """Before the controller writes a line: remove the progress line drawn in place."""
+    display = config.stash.get(PROGRESS_KEY, None)
+    if display is not None:
+        display.clear(hold=True)
 
 
 def case_of(item: pytest.Item | None) -> Case | None:
@@ -195,10 +223,19 @@ def _safety_net(place: RunPlace, workerinput: dict[str, Any],
 class WorkerRole(Role):
     """An xdist worker: measures its cases, and ships what the controller must know."""
 
+    # Live progress: this worker's phase for the controller (started by register).
+    progress_file: SnapshotFile | None = None
+
     @staticmethod
     def workerinput_of(config: pytest.Config) -> dict[str, Any]:
         workerinput: dict[str, Any] = getattr(config, "workerinput", {})
         return workerinput
+
+    def register(self) -> None:
+        """Live progress: this worker's phase in a file the controller reads (its log lines
+        reach the controller only when a test phase ends; a deploy takes minutes)."""
+        self.progress_file = SnapshotFile(self.run.progress, self.run.results_dir / PROGRESS_DIR)
+        self.progress_file.start()
 
     def collection_finish(self, items: list[pytest.Item]) -> None:
         """Price the selected experiments (the controller already checked them)."""
@@ -209,6 +246,8 @@ class WorkerRole(Role):
         price_selected(self.run.config, self.setup.settings,
                        selected_experiments(self.run.config, names))
         self.run.price_spend(self.setup.settings.prices)
+        settings = self.setup.settings
+        self.run.progress.price_of = lambda experiment: hourly_price(settings, experiment)
 
     def ship_log_lines(self, report: pytest.TestReport) -> None:
         lines = self.run_log.take()  # deploy progress, warnings, teardown failures of this phase
@@ -219,6 +258,8 @@ class WorkerRole(Role):
         """Close the run (tearing down its endpoints), then ship what is left running and the
         session-end lines (teardowns come after the last test report) in ``workeroutput``."""
         self._close_run()
+        if self.progress_file is not None:
+            self.progress_file.stop()
         workeroutput: dict[str, Any] = getattr(self.config, "workeroutput", {})
         workeroutput[LEFT_RUNNING_OUTPUT] = self.run.left_running()
         workeroutput[LOG_ATTRIBUTE] = self.run_log.take()
@@ -233,6 +274,9 @@ class ControllerRole(Role):
                  setup: RunSetup) -> None:
         super().__init__(config, run, run_log, setup)
         self.ledger = Controller(config, run, setup.cases, setup.settings)
+        # Live progress (started by register): the display and the stdout duplicate it writes to.
+        self.progress_display: Display | None = None
+        self.progress_fd: int | None = None
 
     @staticmethod
     def before_run(config: pytest.Config, setup: RunSetup, place: RunPlace) -> None:
@@ -247,15 +291,60 @@ class ControllerRole(Role):
         return _terminal_logger(config)
 
     def register(self) -> None:
+        self._start_progress()
         self.config.pluginmanager.register(self.ledger, CONTROLLER)
         if self.config.pluginmanager.hasplugin("xdist"):  # like pytest-randomly's XdistHooks
             self.config.pluginmanager.register(XdistHooks(self.run), "fmbench-xdist")
+
+    def _start_progress(self) -> None:
+        """Live progress on the terminal (or as lines in CI logs); off with ``-q``. It writes
+        to a duplicate of stdout taken now, before pytest captures a test's output."""
+        try:
+            fd = os.dup(sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout replaced by a stream without fd
+            return
+        mode = choose_mode(quiet=self.config.option.verbose < 0, isatty=os.isatty(fd))
+        if mode == "off":
+            os.close(fd)
+            return
+        self.progress_fd = fd
+        run, settings = self.run, self.setup.settings
+        progress_dir = run.results_dir / PROGRESS_DIR
+
+        def sources() -> list[dict[str, Any]]:
+            own = run.progress.snapshot()
+            return ([own] if own else []) + read_snapshots(progress_dir)
+
+        display = Display(fd_writer(fd), mode, choose_interval(mode), sources,
+                          width=lambda: shutil.get_terminal_size().columns)
+        run.progress.price_of = lambda experiment: hourly_price(settings, experiment)
+        run.progress.on_end = display.clear
+        self.progress_display = self.config.stash[PROGRESS_KEY] = display
+        display.start()
+
+    def _stop_progress(self) -> None:
+        display, self.progress_display = self.progress_display, None
+        if display is not None:
+            display.stop()
+            del self.config.stash[PROGRESS_KEY]
+        fd = self.progress_fd
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self.progress_fd = None
+        with contextlib.suppress(OSError):
+            (self.run.results_dir / PROGRESS_DIR).rmdir()  # the workers removed their files
+
+    def close(self) -> None:
+        self._stop_progress()
+        super().close()
 
     def session_finish(self, exitstatus: int) -> int:
         """No step may raise out of this hook (pytest would print INTERNALERROR and skip the
         rest); a step that fails is one clear line and fails the run."""
         self.exitstatus = exitstatus
         run = self.run
+        self._stop_progress()
         failures = [finish_step("closing the run", run.close)]
         if self.config.option.collectonly:
             run.safety.close(done=True)
@@ -360,6 +449,7 @@ def _terminal_logger(config: pytest.Config) -> Callable[[str], None]:
         if reporter is None:
             return
         capture = config.pluginmanager.get_plugin("capturemanager")
+        clear_progress(config)
         # Progress lines (deploys take minutes) must reach the terminal during test setup.
         with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
             reporter.ensure_newline()
@@ -482,6 +572,7 @@ class Controller:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         value = getattr(report, REPORT_ATTRIBUTE, None)
         if isinstance(value, dict) and reporter is not None:
+            clear_progress(self.config)
             reporter.ensure_newline()
             reporter.write_line(format_summary(value["case"], value["summary"]))
         if isinstance(value, dict) and (case := self.cases_by_id.get(str(value["case"]))):

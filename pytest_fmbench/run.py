@@ -6,6 +6,7 @@ from fixtures and hooks; everything here is plain Python, testable without pytes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
@@ -31,6 +32,7 @@ from pytest_fmbench.load.columnar import ColumnarRecordWriter
 from pytest_fmbench.load.engine import RecordContext, plan_load, run_in_loop, run_load
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.load.summary import case_summary
+from pytest_fmbench.progress import Tracker
 from pytest_fmbench.safety.net import SafetyNet
 from pytest_fmbench.safety.spend import SpendGuard, SpendLedger
 
@@ -98,6 +100,8 @@ class BenchmarkRun:
         self._requests: dict[tuple[str, str], list[InferenceRequest]] = {}
         self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.spend = SpendLedger(results_dir, worker)
+        # What this process is doing now, for live progress (progress.py); read by a thread.
+        self.progress = Tracker(worker)
         self.guard: SpendGuard | None = None
 
     # -- files -------------------------------------------------------------------------
@@ -273,8 +277,13 @@ class BenchmarkRun:
     # -- endpoints ---------------------------------------------------------------------
     def _create_endpoint(self, name: str) -> Endpoint:
         count = self.counter.count if self.counter.source == "tokenizer" else None
-        context = EndpointContext(self.run_id, self.results_dir, self.log, count)
+        context = EndpointContext(self.run_id, self.results_dir, self._backend_log, count)
         return create_endpoint(self.config, self.config.experiment(name), context)
+
+    def _backend_log(self, line: str) -> None:
+        """A backend's line is logged, and during a deploy it is the deploy's live status."""
+        self.log(line)
+        self.progress.note(line)
 
     def _warmup(self, name: str, endpoint: Endpoint) -> None:
         experiment = self.config.experiment(name)
@@ -315,7 +324,8 @@ class BenchmarkRun:
             experiment = self.config.experiment(case.experiment)
             commitment = self.guard.deploy_commitment(experiment)
             self._stop_if(self.guard.check(f"deploying '{case.experiment}'", commitment))
-        endpoint = self.endpoints.acquire(case.experiment)
+        with self.progress.deploying(case.experiment) if deploying else contextlib.nullcontext():
+            endpoint = self.endpoints.acquire(case.experiment)
         if deploying and self.guard is not None:
             price = self.guard.prices.get(case.experiment)
             if price is not None and price.kind == "instance":
@@ -360,17 +370,23 @@ class BenchmarkRun:
         context = RecordContext(self.run_id, case.experiment, case.payload_file,
                                 case.concurrency, case.id, self.worker)
         records: list[RequestRecord] = []
+        # Live progress counts finished requests; it never formats or writes per request.
+        total = plan.requests if plan.requests is not None else (
+            plan.waves * plan.concurrency if plan.pattern == "waves" else None)
+        with self.progress.case(case.id, total, plan.duration_s) as progress:
 
-        def emit(record: RequestRecord) -> None:
-            self.records.write(record)
-            records.append(record)
+            def emit(record: RequestRecord) -> None:
+                self.records.write(record)
+                records.append(record)
+                progress.count(bool(record.error))
 
-        try:
-            run_load(plan, endpoint.client, requests, context, emit, log=self.log)
-        finally:
-            self.records.checkpoint()
-            if self.guard is not None:
-                self.guard.record_case(case.experiment, records)
+            try:
+                run_load(plan, endpoint.client, requests, context, emit, log=self.log,
+                         on_start=lambda collector: progress.watch(collector.in_flight))
+            finally:
+                self.records.checkpoint()
+                if self.guard is not None:
+                    self.guard.record_case(case.experiment, records)
         return CaseResult(case, records, case_summary(records))
 
     def close(self) -> None:

@@ -56,12 +56,19 @@ def plan_load(settings: LoadSettings, concurrency: int, payload_count: int) -> L
 
 def run_load(plan: LoadPlan, make_client: Callable[[], EndpointClient],
              requests: Sequence[InferenceRequest], context: RecordContext, emit: Emit, *,
-             log: Callable[[str], Any] | None = None) -> LoadStats:
-    """Fire one case's load; every recorded request reaches ``emit`` as it completes."""
+             log: Callable[[str], Any] | None = None,
+             on_start: Callable[[Collector], Any] | None = None) -> LoadStats:
+    """Fire one case's load; every recorded request reaches ``emit`` as it completes.
+
+    ``on_start`` gets the in-process collector before the load starts (live progress reads
+    its in-flight count); not called when the load is spread over processes.
+    """
     if plan.processes > 1:
         stats = run_in_processes(plan, make_client(), requests, context, emit)
     else:
         collector = Collector(context, emit)
+        if on_start is not None:
+            on_start(collector)
 
         async def go() -> LoadStats:
             return await drive(plan, make_client(), requests, collector)
