@@ -17,11 +17,12 @@ TEST_EXTRAS := local,aws,dev,fast,html,docs
 .PHONY: quickstart test docs clean-venv
 
 quickstart: $(VENV)/.installed-quickstart
-	$(PY) -m pytest benchmarks/ --fmbench-config=configs/quickstart.yml -p no:cacheprovider
-	@# The last line says where the report is: the newest run's report.html (report.md without
-	@# the html extra).
-	@d=$$(ls -td results/quickstart/*/ | while read d; do [ -f "$${d}report.md" ] && echo "$$d" && break; done); \
-	  if [ -f "$${d}report.html" ]; then echo "report: $${d}report.html"; else echo "report: $${d}report.md"; fi
+	@# The last line says where the report is (the newest run's report.html; report.md without
+	@# the html extra), also when the budget gate fails; then pytest's exit status.
+	@$(PY) -m pytest benchmarks/ --fmbench-config=configs/quickstart.yml -p no:cacheprovider; status=$$?; \
+	  d=$$(ls -td results/quickstart/*/ | while read d; do [ -f "$${d}report.md" ] && echo "$$d" && break; done); \
+	  if [ -f "$${d}report.html" ]; then echo "report: $${d}report.html"; else echo "report: $${d}report.md"; fi; \
+	  exit $$status
 
 # mypy and the docs first, so the last thing printed is pytest's summary. (No --quiet on the
 # docs build: it hides the warnings that --strict counts, and the build passes.)

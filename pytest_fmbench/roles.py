@@ -35,6 +35,7 @@ from pytest_fmbench.errors import ConfigError, FmbenchError
 from pytest_fmbench.load.summary import format_summary
 from pytest_fmbench.progress import (
     PROGRESS_DIR,
+    SNAPSHOT_INTERVAL_S,
     Display,
     SnapshotFile,
     choose_interval,
@@ -234,7 +235,8 @@ class WorkerRole(Role):
     def register(self) -> None:
         """Live progress: this worker's phase in a file the controller reads (its log lines
         reach the controller only when a test phase ends; a deploy takes minutes)."""
-        self.progress_file = SnapshotFile(self.run.progress, self.run.results_dir / PROGRESS_DIR)
+        self.progress_file = SnapshotFile(self.run.progress, self.run.results_dir / PROGRESS_DIR,
+                                          min(SNAPSHOT_INTERVAL_S, choose_interval("lines")))
         self.progress_file.start()
 
     def collection_finish(self, items: list[pytest.Item]) -> None:
