@@ -70,6 +70,13 @@ RESCORE_KEY = pytest.StashKey[tuple[Any, Path]]()
 RESCORE_LINES_KEY = pytest.StashKey[list[str]]()
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """pytest_fmbench_* hooks for users' conftest files and plugins (``hooks.py``)."""
+    from pytest_fmbench import hooks
+
+    pluginmanager.add_hookspecs(hooks)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("fmbench", "pytest-fmbench: foundation-model benchmarks")
     group.addoption("--fmbench-config", dest="fmbench_config", metavar="PATH", default=None,

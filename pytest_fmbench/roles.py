@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
+import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,16 @@ from pytest_fmbench.cases import Case
 from pytest_fmbench.config.model import Config
 from pytest_fmbench.errors import ConfigError, FmbenchError
 from pytest_fmbench.load.summary import format_summary
+from pytest_fmbench.progress import (
+    PROGRESS_DIR,
+    SNAPSHOT_INTERVAL_S,
+    Display,
+    SnapshotFile,
+    choose_interval,
+    choose_mode,
+    fd_writer,
+    read_snapshots,
+)
 from pytest_fmbench.redaction import redact_args
 from pytest_fmbench.report.ci import write_step_summary
 from pytest_fmbench.report.history import load_baseline, parse_thresholds, resolve_baseline
@@ -54,6 +67,8 @@ LEFT_RUNNING_OUTPUT = "fmbench_left_running"
 # With --fmbench-shard, the cases a worker's collection selected before the shard's share.
 EXPECTED_OUTPUT = "fmbench_expected_cases"
 CONTROLLER = "fmbench-controller"
+# The controller's live progress display (progress.py), for the lines that must clear it first.
+PROGRESS_KEY = pytest.StashKey["Display"]()
 
 
 def setting(config: pytest.Config, name: str, env: str) -> str | None:
@@ -65,6 +80,20 @@ def setting(config: pytest.Config, name: str, env: str) -> str | None:
         return os.environ[env]
     ini = config.getini(name)
     return str(ini) if ini else None
+
+
+def hourly_price(settings: ReportSettings, experiment: str) -> float | None:
+    """An instance-priced experiment's USD per hour (None: token-priced or not priced)."""
+    price = settings.prices.get(experiment)
+    value = price.price_per_hour if price is not None else math.nan
+    return None if math.isnan(value) else value
+
+
+def clear_progress(config: pytest.Config) -> None:
+    """Before the controller writes a line: remove the progress line drawn in place."""
+    display = config.stash.get(PROGRESS_KEY, None)
+    if display is not None:
+        display.clear(hold=True)
 
 
 def case_of(item: pytest.Item | None) -> Case | None:
@@ -222,10 +251,20 @@ def _safety_net(place: RunPlace, workerinput: dict[str, Any],
 class WorkerRole(Role):
     """An xdist worker: measures its cases, and ships what the controller must know."""
 
+    # Live progress: this worker's phase for the controller (started by register).
+    progress_file: SnapshotFile | None = None
+
     @staticmethod
     def workerinput_of(config: pytest.Config) -> dict[str, Any]:
         workerinput: dict[str, Any] = getattr(config, "workerinput", {})
         return workerinput
+
+    def register(self) -> None:
+        """Live progress: this worker's phase in a file the controller reads (its log lines
+        reach the controller only when a test phase ends; a deploy takes minutes)."""
+        self.progress_file = SnapshotFile(self.run.progress, self.run.results_dir / PROGRESS_DIR,
+                                          min(SNAPSHOT_INTERVAL_S, choose_interval("lines")))
+        self.progress_file.start()
 
     def collection_finish(self, items: list[pytest.Item]) -> None:
         """Price the selected experiments (the controller already checked them)."""
@@ -236,6 +275,8 @@ class WorkerRole(Role):
         price_selected(self.run.config, self.setup.settings,
                        selected_experiments(self.run.config, names))
         self.run.price_spend(self.setup.settings.prices)
+        settings = self.setup.settings
+        self.run.progress.price_of = lambda experiment: hourly_price(settings, experiment)
 
     def ship_log_lines(self, report: pytest.TestReport) -> None:
         lines = self.run_log.take()  # deploy progress, warnings, teardown failures of this phase
@@ -246,6 +287,8 @@ class WorkerRole(Role):
         """Close the run (tearing down its endpoints), then ship what is left running and the
         session-end lines (teardowns come after the last test report) in ``workeroutput``."""
         self._close_run()
+        if self.progress_file is not None:
+            self.progress_file.stop()
         workeroutput: dict[str, Any] = getattr(self.config, "workeroutput", {})
         workeroutput[LEFT_RUNNING_OUTPUT] = self.run.left_running()
         workeroutput[LOG_ATTRIBUTE] = self.run_log.take()
@@ -262,6 +305,9 @@ class ControllerRole(Role):
                  setup: RunSetup) -> None:
         super().__init__(config, run, run_log, setup)
         self.ledger = Controller(config, run, setup.cases, setup.settings)
+        # Live progress (started by register): the display and the stdout duplicate it writes to.
+        self.progress_display: Display | None = None
+        self.progress_fd: int | None = None
 
     def select_shard(self, items: list[pytest.Item]) -> None:
         super().select_shard(items)
@@ -280,15 +326,60 @@ class ControllerRole(Role):
         return _terminal_logger(config)
 
     def register(self) -> None:
+        self._start_progress()
         self.config.pluginmanager.register(self.ledger, CONTROLLER)
         if self.config.pluginmanager.hasplugin("xdist"):  # like pytest-randomly's XdistHooks
             self.config.pluginmanager.register(XdistHooks(self.run, self.ledger), "fmbench-xdist")
+
+    def _start_progress(self) -> None:
+        """Live progress on the terminal (or as lines in CI logs); off with ``-q``. It writes
+        to a duplicate of stdout taken now, before pytest captures a test's output."""
+        try:
+            fd = os.dup(sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout replaced by a stream without fd
+            return
+        mode = choose_mode(quiet=self.config.option.verbose < 0, isatty=os.isatty(fd))
+        if mode == "off":
+            os.close(fd)
+            return
+        self.progress_fd = fd
+        run, settings = self.run, self.setup.settings
+        progress_dir = run.results_dir / PROGRESS_DIR
+
+        def sources() -> list[dict[str, Any]]:
+            own = run.progress.snapshot()
+            return ([own] if own else []) + read_snapshots(progress_dir)
+
+        display = Display(fd_writer(fd), mode, choose_interval(mode), sources,
+                          width=lambda: shutil.get_terminal_size().columns)
+        run.progress.price_of = lambda experiment: hourly_price(settings, experiment)
+        run.progress.on_end = display.clear
+        self.progress_display = self.config.stash[PROGRESS_KEY] = display
+        display.start()
+
+    def _stop_progress(self) -> None:
+        display, self.progress_display = self.progress_display, None
+        if display is not None:
+            display.stop()
+            del self.config.stash[PROGRESS_KEY]
+        fd = self.progress_fd
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self.progress_fd = None
+        with contextlib.suppress(OSError):
+            (self.run.results_dir / PROGRESS_DIR).rmdir()  # the workers removed their files
+
+    def close(self) -> None:
+        self._stop_progress()
+        super().close()
 
     def session_finish(self, exitstatus: int) -> int:
         """No step may raise out of this hook (pytest would print INTERNALERROR and skip the
         rest); a step that fails is one clear line and fails the run."""
         self.exitstatus = exitstatus
         run = self.run
+        self._stop_progress()
         failures = [finish_step("closing the run", run.close)]
         if self.config.option.collectonly:
             run.safety.close(done=True)
@@ -328,6 +419,9 @@ class ControllerRole(Role):
         if accuracy is not None:
             merge_into_report(outcome, accuracy, run.results_dir)
         self.outcome = outcome
+        call_user_hook(run, "pytest_fmbench_session_report",
+                       lambda: self.config.hook.pytest_fmbench_session_report(
+                           report=outcome, results_dir=run.results_dir, config=self.config))
         if self.setup.upload:
             _upload(run, outcome)
         _write_step_summary(outcome)
@@ -347,6 +441,15 @@ class ControllerRole(Role):
             self.outcome = outcome
             _write_step_summary(outcome)
         self._fail(also_from=(pytest.ExitCode.NO_TESTS_COLLECTED,))
+
+
+def call_user_hook(run: BenchmarkRun, name: str, call: Callable[[], object]) -> None:
+    """Call a ``pytest_fmbench_*`` hook (``hooks.py``); a user's implementation that raises is
+    one warning line: pushing results to a dashboard must never fail or stop the benchmark."""
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - users' code, reported
+        run.log(f"[fmbench] WARNING {name} raised {type(exc).__name__}: {exc}")
 
 
 def _set_aside_previous_run(results_dir: Path) -> None:
@@ -386,6 +489,7 @@ def _terminal_logger(config: pytest.Config) -> Callable[[str], None]:
         if reporter is None:
             return
         capture = config.pluginmanager.get_plugin("capturemanager")
+        clear_progress(config)
         # Progress lines (deploys take minutes) must reach the terminal during test setup.
         with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
             reporter.ensure_newline()
@@ -429,6 +533,7 @@ class Controller:
         self.cases = cases
         self.settings = settings
         self.case_ids = {case.id: case.experiment for case in cases}
+        self.cases_by_id = {case.id: case for case in cases}
         # Cases skipped on purpose (a payload file no filter produces) are not missing.
         self.skipped_ids = {case.id for case in cases if case.skip_reason}
         self.expected: list[str] = []
@@ -541,8 +646,14 @@ class Controller:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         value = getattr(report, REPORT_ATTRIBUTE, None)
         if isinstance(value, dict) and reporter is not None:
+            clear_progress(self.config)
             reporter.ensure_newline()
             reporter.write_line(format_summary(value["case"], value["summary"]))
+        if isinstance(value, dict) and (case := self.cases_by_id.get(str(value["case"]))):
+            summary = value["summary"]
+            call_user_hook(self.run, "pytest_fmbench_case_finished",
+                           lambda: self.config.hook.pytest_fmbench_case_finished(
+                               case=case, summary=summary, config=self.config))
 
 
 class XdistHooks:

@@ -6,6 +6,7 @@ from fixtures and hooks; everything here is plain Python, testable without pytes
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import platform
@@ -37,6 +38,7 @@ from pytest_fmbench.load.engine import (
 )
 from pytest_fmbench.load.records import RequestRecord
 from pytest_fmbench.load.stored import CaseRecorder
+from pytest_fmbench.progress import Tracker
 from pytest_fmbench.safety.net import SafetyNet
 from pytest_fmbench.safety.spend import SpendGuard, SpendLedger
 from pytest_fmbench.telemetry.sampler import TelemetryRecorder
@@ -108,6 +110,8 @@ class BenchmarkRun:
         self._requests: dict[tuple[str, str], list[InferenceRequest]] = {}
         self.started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.spend = SpendLedger(results_dir, worker)
+        # What this process is doing now, for live progress (progress.py); read by a thread.
+        self.progress = Tracker(worker)
         self.guard: SpendGuard | None = None
         # ``--fmbench-shard`` ("K/N"; "" unsharded) and this host, stamped on every record so
         # results dirs can be merged later.
@@ -313,8 +317,13 @@ class BenchmarkRun:
     # -- endpoints ---------------------------------------------------------------------
     def _create_endpoint(self, name: str) -> Endpoint:
         count = self.counter.count if self.counter.source == "tokenizer" else None
-        context = EndpointContext(self.run_id, self.results_dir, self.log, count)
+        context = EndpointContext(self.run_id, self.results_dir, self._backend_log, count)
         return create_endpoint(self.config, self.config.experiment(name), context)
+
+    def _backend_log(self, line: str) -> None:
+        """A backend's line is logged, and during a deploy it is the deploy's live status."""
+        self.log(line)
+        self.progress.note(line)
 
     def _warmup(self, name: str, endpoint: Endpoint) -> None:
         experiment = self.config.experiment(name)
@@ -358,7 +367,8 @@ class BenchmarkRun:
             experiment = self.config.experiment(case.experiment)
             commitment = self.guard.deploy_commitment(experiment)
             self._stop_if(self.guard.check(f"deploying '{case.experiment}'", commitment))
-        endpoint = self.endpoints.acquire(case.experiment)
+        with self.progress.deploying(case.experiment) if deploying else contextlib.nullcontext():
+            endpoint = self.endpoints.acquire(case.experiment)
         if deploying and self.guard is not None:
             price = self.guard.prices.get(case.experiment)
             if price is not None and price.kind == "instance":
@@ -434,13 +444,22 @@ class BenchmarkRun:
 
         # accuracy.per_combination: the answers of this case are kept (apart from the records).
         make_client, save_answers = answer_tap(self, case, plan.processes, endpoint.client)
-        try:
-            run_load(plan, make_client, requests, context, recorder, log=self.log)
-            save_answers()
-        finally:
-            self.records.checkpoint()
-            if self.guard is not None:
-                self.guard.record_case(case.experiment, recorder.records)
+        # Live progress counts finished requests; it never formats or writes per request.
+        total = expected if plan.requests is not None or plan.pattern == "waves" else None
+        with self.progress.case(case.id, total, plan.duration_s) as progress:
+
+            def emit(record: RequestRecord) -> None:
+                recorder(record)
+                progress.count(bool(record.error))
+
+            try:
+                run_load(plan, make_client, requests, context, emit, log=self.log,
+                         on_start=lambda collector: progress.watch(collector.in_flight))
+                save_answers()
+            finally:
+                self.records.checkpoint()
+                if self.guard is not None:
+                    self.guard.record_case(case.experiment, recorder.records)
         return CaseResult(case, recorder.records, recorder.aggregate.summary())
 
     def _run_levels(self, case: Case, endpoint: Endpoint) -> CaseResult:

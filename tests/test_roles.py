@@ -15,6 +15,7 @@ import pytest
 
 from pytest_fmbench import roles
 from pytest_fmbench.cases import Case
+from pytest_fmbench.progress import Tracker
 from pytest_fmbench.report.session import SessionReport
 from pytest_fmbench.roles import (
     LEFT_RUNNING_OUTPUT,
@@ -54,6 +55,7 @@ class FakeRun:
         self.safety = FakeSafety()
         self.config = SimpleNamespace(general=SimpleNamespace(name="bench"))
         self.spend = SimpleNamespace(stop_reasons=list)
+        self.progress = Tracker()
         self.calls: list[str] = []
 
     def _step(self, name: str) -> None:
@@ -88,6 +90,10 @@ def fake_config(tmp_path: Path, *, collectonly: bool = False, worker: str = "") 
                                           dir=tmp_path),
         pluginmanager=SimpleNamespace(get_plugin=lambda name: None),
         rootpath=tmp_path,
+        # No conftest implements the pytest_fmbench_* hooks (hooks.py).
+        stash=pytest.Stash(),
+        hook=SimpleNamespace(pytest_fmbench_session_report=lambda **kwargs: [],
+                             pytest_fmbench_case_finished=lambda **kwargs: []),
     )
     if worker:
         config.workerinput = {"workerid": worker}

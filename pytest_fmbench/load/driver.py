@@ -160,6 +160,12 @@ class Collector:
         self.context = context
         self.emit = emit
         self.stats = LoadStats()
+        # Set by ``drive``: live progress samples its count of requests in flight.
+        self.dispatcher: Dispatcher | None = None
+
+    def in_flight(self) -> int:
+        dispatcher = self.dispatcher
+        return dispatcher.in_flight if dispatcher is not None else 0
 
     def __call__(self, done: Completed) -> None:
         stats = self.stats
@@ -209,6 +215,7 @@ async def drive(plan: LoadPlan, client: EndpointClient, requests: Sequence[Infer
     monitor = LoopLagMonitor()
     monitor.start()
     dispatcher = Dispatcher(client, collector, plan, monitor)
+    collector.dispatcher = dispatcher
     try:
         with quiet_gc():
             pattern = asyncio.ensure_future(get_pattern(plan.pattern).run(plan, requests, dispatcher))

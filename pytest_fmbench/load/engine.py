@@ -73,8 +73,13 @@ def workload_plan(plan: LoadPlan, workload: Workload, requests: int | None) -> L
 
 def run_load(plan: LoadPlan, make_client: Callable[[], EndpointClient],
              requests: Sequence[InferenceRequest], context: RecordContext, emit: Emit, *,
-             log: Callable[[str], Any] | None = None) -> LoadStats:
-    """Fire one case's load; every recorded request reaches ``emit`` as it completes."""
+             log: Callable[[str], Any] | None = None,
+             on_start: Callable[[Collector], Any] | None = None) -> LoadStats:
+    """Fire one case's load; every recorded request reaches ``emit`` as it completes.
+
+    ``on_start`` gets the in-process collector before the load starts (live progress reads
+    its in-flight count); not called when the load is spread over processes or Ray actors.
+    """
     if plan.auto_processes and plan.executor == "local":
         from pytest_fmbench.load.autoscale import choose_processes
 
@@ -87,6 +92,8 @@ def run_load(plan: LoadPlan, make_client: Callable[[], EndpointClient],
         stats = run_in_processes(plan, make_client(), requests, context, emit)
     else:
         collector = Collector(context, emit)
+        if on_start is not None:
+            on_start(collector)
 
         async def go() -> LoadStats:
             return await drive(plan, make_client(), requests, collector)

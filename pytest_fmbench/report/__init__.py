@@ -34,7 +34,7 @@ from pytest_fmbench.metrics import (
     experiment_costs,
     request_frame,
 )
-from pytest_fmbench.report import exports, history, markdown, plots, timeline
+from pytest_fmbench.report import exports, history, html, markdown, plots, timeline
 from pytest_fmbench.report.workloads import workload_section
 from pytest_fmbench.telemetry.report import add_telemetry
 from pytest_fmbench.telemetry.report import section as telemetry_section
@@ -282,7 +282,23 @@ def write_report(results_dir: Path, config: Config, prices: Mapping[str, Price |
         return report_path
 
     written = attempt(REPORT_FILE, write_markdown)
+    if written is not None and html.available():  # the html extra (plotly) is installed
+        attempt(html.HTML_FILE, lambda: write_html(results_dir / html.HTML_FILE, config, meta,
+                                                   analysis, common, focus, written))
     return ReportOutcome(analysis, written, files, errors)
+
+
+def write_html(path: Path, config: Config, meta: Mapping[str, Any], analysis: Analysis,
+               budgets: Mapping[str, float], focus: str | None, markdown_path: Path) -> Path:
+    """``report.html`` from the report just written (its sections) and the metrics (plots)."""
+    page = html.render(title=f"pytest-fmbench report: {meta.get('name') or config.general.name}",
+                       markdown_text=markdown_path.read_text(encoding="utf-8"),
+                       metrics=analysis.metrics, gate=analysis.gate, budgets=budgets,
+                       focus_payload=focus, clean=lambda text: redaction.scrub(text, inline=False))
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(page, encoding="utf-8")
+    temporary.replace(path)
+    return path
 
 
 def build_report(results_dir: Path, config: Config, prices: Mapping[str, Price | None], budgets: BudgetSet,
