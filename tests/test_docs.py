@@ -66,7 +66,8 @@ def test_a_key_added_to_the_model_appears_without_touching_the_docs() -> None:
 def test_keys_say_type_default_and_whether_fmbench_knows_them() -> None:
     page = reference.render()
     experiment = _section(page, Experiment)
-    assert "| `concurrency_levels` | list[int] | required | FMBench |" in experiment
+    # optional since load levels (rates, sweep, SLO search) can stand in for it
+    assert "| `concurrency_levels` | list[int] | `[]` | FMBench |" in experiment
     assert "| `price_per_hour` | float | unset | ours |" in experiment
     assert "| `serving.properties` | str | unset | FMBench |" in experiment  # an alias
     load = page[page.index("\n## LoadSettings\n"):]
