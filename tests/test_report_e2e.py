@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pytest_fmbench.report.plots import PLOTS
+from pytest_fmbench.report.timeline import BOX_PLOT
 from pytest_fmbench.testing.openai_server import FakeOpenAIServer, ServerBehaviour
 from tests.e2e_support import BENCHMARK_TEST, INNER_ARGS, openai_config
 
@@ -45,7 +46,11 @@ def test_generous_budgets_pass_and_write_the_whole_report(pytester: pytest.Pytes
     out = pytester.path / "out"
     for name in ("report.md", "results.json", "all_metrics.csv", "per_inference_request_results.csv"):
         assert (out / name).is_file(), name
-    assert sorted(p.name for p in (out / "plots").glob("*.png")) == sorted(name for name, _ in PLOTS)
+    # The eight plots, the prompt-length box plot and one timeline per experiment (telemetry).
+    drawn = sorted(p.name for p in (out / "plots").glob("*.png"))
+    timelines = [name for name in drawn if name.startswith("timeline-")]
+    assert sorted(set(drawn) - set(timelines)) == sorted([name for name, _ in PLOTS] + [BOX_PLOT])
+    assert timelines
     result.stdout.fnmatch_lines([
         "*= pytest-fmbench =*",
         "best option (dataset of interest en_1-300): * payload_en_1-300 c=*",
