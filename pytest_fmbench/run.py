@@ -411,7 +411,8 @@ class BenchmarkRun:
         # Server, host and CloudWatch samples beside the case (pytest_fmbench.telemetry).
         telemetry = self.telemetry.begin({"case_id": case.id, "experiment": case.experiment,
                                           "payload_file": case.payload_file,
-                                          "concurrency": case.concurrency}, endpoint)
+                                          "concurrency": case.concurrency,
+                                          "level": case.level}, endpoint)
         try:
             result = self._run_load_case(case, endpoint)
         except BaseException:

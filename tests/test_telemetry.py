@@ -298,3 +298,20 @@ def test_scraped_running_and_waiting_follow_the_server_s_true_queue(tmp_path: Pa
     lines = read_telemetry(tmp_path)
     assert lines[0]["kind"] == "case" and lines[0]["case_id"] == "q-p-c12"
     assert sum(1 for line in lines if line.get("source") == "prometheus") == len(scraped)
+
+
+def test_rate_levels_of_one_experiment_keep_their_own_telemetry() -> None:
+    """Every rate level of an experiment shares its in-flight cap (its ``concurrency``): the
+    level keeps their samples apart."""
+    import pandas as pd
+
+    from pytest_fmbench.telemetry.report import add_telemetry
+
+    def line(level: str, waiting: int) -> dict[str, Any]:
+        return {**_sample(0, "prometheus", waiting=waiting), "kind": "sample", "experiment": "e",
+                "payload_file": "p.jsonl", "concurrency": 1024, "level": level}
+
+    metrics = pd.DataFrame({"experiment": ["e", "e"], "payload_file": ["p.jsonl", "p.jsonl"],
+                            "concurrency": [1024, 1024], "level": ["r2", "r8"]})
+    out = add_telemetry(metrics, [line("r2", 1), line("r8", 9)])
+    assert out["server_waiting_max"].tolist() == [1, 9]

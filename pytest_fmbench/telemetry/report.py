@@ -16,7 +16,8 @@ import pandas as pd
 from pytest_fmbench.telemetry.aggregate import case_aggregates, user_metric_aggregates
 from pytest_fmbench.telemetry.definitions import TELEMETRY_METRIC_NAMES
 
-CASE_KEYS = ("experiment", "payload_file", "concurrency")
+# The level too (load levels: every rate level of an experiment shares its in-flight cap).
+CASE_KEYS = ("experiment", "payload_file", "concurrency", "level")
 SOURCE_TITLES = {
     "prometheus": "server /metrics (Prometheus)",
     "host": "host CPU and memory (psutil)",
@@ -49,12 +50,16 @@ TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _key(line: Mapping[str, Any]) -> tuple[str, str, int]:
-    return str(line.get("experiment")), str(line.get("payload_file")), int(line.get("concurrency") or 0)
+CaseKey = tuple[str, str, int, str]
 
 
-def aggregates_by_case(lines: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, int], dict[str, float]]:
-    samples: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+def _key(line: Mapping[str, Any]) -> CaseKey:
+    return (str(line.get("experiment")), str(line.get("payload_file")),
+            int(line.get("concurrency") or 0), str(line.get("level") or ""))
+
+
+def aggregates_by_case(lines: Sequence[Mapping[str, Any]]) -> dict[CaseKey, dict[str, float]]:
+    samples: dict[CaseKey, list[dict[str, Any]]] = {}
     for line in lines:
         if line.get("kind") == "sample":
             samples.setdefault(_key(line), []).append(dict(line))
@@ -66,8 +71,8 @@ def add_telemetry(metrics: pd.DataFrame, lines: Sequence[Mapping[str, Any]]) -> 
     out = metrics.copy()
     found = aggregates_by_case(lines)
     for name in TELEMETRY_METRIC_NAMES:
-        out[name] = [found.get((str(r["experiment"]), str(r["payload_file"]), int(r["concurrency"])), {})
-                     .get(name, math.nan) for _, r in out.iterrows()] if len(out) else []
+        out[name] = [found.get(_key(r), {}).get(name, math.nan)
+                     for _, r in out.iterrows()] if len(out) else []
     return out
 
 
@@ -139,14 +144,15 @@ def section(metrics: pd.DataFrame, lines: Sequence[Mapping[str, Any]], cell: Any
 
 
 def _user_metrics(lines: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    samples: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    samples: dict[CaseKey, list[dict[str, Any]]] = {}
     for line in lines:
         if line.get("kind") == "sample" and line.get("source") == "prometheus":
             samples.setdefault(_key(line), []).append(dict(line))
     rows = []
-    for (experiment, payload, level), found in samples.items():
+    for (experiment, payload, concurrency, level), found in samples.items():
         for name, (mean, top) in user_metric_aggregates(found).items():
-            rows.append([experiment, payload.removesuffix(".jsonl"), str(level), f"`{name}`",
+            rows.append([experiment, payload.removesuffix(".jsonl"), level or str(concurrency),
+                         f"`{name}`",
                          f"{mean:.4g}", f"{top:.4g}"])
     return rows
 
