@@ -46,7 +46,6 @@ import asyncio
 import json
 import re
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -54,6 +53,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from pytest_fmbench.testing.background import BackgroundServer
 
 FAULTS = ("throttle", "error_5xx", "error_4xx", "truncate", "stall", "garbage", "drop")
 
@@ -103,76 +104,28 @@ class ServerStats:
     by_model: Counter[str] = field(default_factory=Counter)
 
 
-class FakeOpenAIServer:
+class FakeOpenAIServer(BackgroundServer):
     """Runs in a background thread; ``with FakeOpenAIServer(...) as server: server.url``."""
+
+    thread_name = "fake-openai"
 
     def __init__(self, behaviour: ServerBehaviour | None = None, *, host: str = "127.0.0.1",
                  port: int = 0, keep_bodies: bool = True) -> None:
         self.behaviour = behaviour or ServerBehaviour()
         self.stats = ServerStats()
-        self.host = host
-        self.port = port
+        super().__init__(host=host, port=port)
         self.keep_bodies = keep_bodies
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._ready = threading.Event()
         self._cached_blocks: set[int] = set()
         self._slots: asyncio.Semaphore | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def __enter__(self) -> FakeOpenAIServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def start(self) -> str:
-        self._thread = threading.Thread(target=self._serve, name="fake-openai", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("fake OpenAI server did not start")
-        return self.url
-
-    def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        self._loop = None
-
-    def _serve(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(self._startup())
-        self._ready.set()
-        loop.run_forever()
-        loop.close()
-
-    async def _startup(self) -> None:
-        app = web.Application()
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_post("/v1/completions", self._complete)
-        app.router.add_post("/v1/chat/completions", self._complete)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        sockets = site._server.sockets  # type: ignore[union-attr]
-        self.port = sockets[0].getsockname()[1]
+    def _routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/health", self._health)
+        router.add_get("/v1/models", self._models)
+        router.add_post("/v1/completions", self._complete)
+        router.add_post("/v1/chat/completions", self._complete)
 
     async def _shutdown(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super()._shutdown()
         # Stalled handlers outlive the runner's grace period: end them before the loop stops.
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in others:

@@ -19,17 +19,20 @@ import asyncio
 import bisect
 import json
 import sys
-import threading
 import time
 from typing import Any
 
 from aiohttp import web
 
+from pytest_fmbench.testing.background import BackgroundServer
+
 from pytest_fmbench.clock import now_ns
 
 
-class SlotServer:
+class SlotServer(BackgroundServer):
     """Runs in a background thread; ``with SlotServer(slots=2) as server: server.url``."""
+
+    thread_name = "fake-slot-server"
 
     def __init__(self, *, slots: int = 4, service_s: float = 0.2, completion_tokens: int = 8,
                  host: str = "127.0.0.1", port: int = 0) -> None:
@@ -38,8 +41,7 @@ class SlotServer:
         self.slots = slots
         self.service_s = service_s
         self.completion_tokens = completion_tokens
-        self.host = host
-        self.port = port
+        super().__init__(host=host, port=port)
         self.registry = CollectorRegistry()
         labels = ["model_name"]
         self._running_gauge = Gauge("vllm:num_requests_running", "Requests running", labels,
@@ -59,22 +61,7 @@ class SlotServer:
         self.requests = 0
         # (t_ns, running, waiting) after each change, on the run's timeline.
         self.changes: list[tuple[int, int, int]] = [(now_ns(), 0, 0)]
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._ready = threading.Event()
         self._semaphore: asyncio.Semaphore | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def __enter__(self) -> SlotServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- the server's own counts ------------------------------------------------------------
     def _changed(self) -> None:
@@ -91,48 +78,14 @@ class SlotServer:
         return [(r, w) for _, r, w in self.changes[first:max(last, first + 1)]]
 
     # -- lifecycle ------------------------------------------------------------------------
-    def start(self) -> str:
-        self._thread = threading.Thread(target=self._serve, name="fake-slot-server", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("slot server did not start")
-        return self.url
-
-    def stop(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        self._loop = None
-
-    def _serve(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        asyncio.set_event_loop(loop)
-        loop.run_until_complete(self._startup())
-        self._ready.set()
-        loop.run_forever()
-        loop.close()
-
-    async def _startup(self) -> None:
+    async def _on_loop(self) -> None:
         self._semaphore = asyncio.Semaphore(self.slots)
-        app = web.Application()
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_post("/v1/completions", self._complete)
-        app.router.add_post("/v1/chat/completions", self._complete)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
-    async def _shutdown(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    def _routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/health", self._health)
+        router.add_get("/metrics", self._metrics)
+        router.add_post("/v1/completions", self._complete)
+        router.add_post("/v1/chat/completions", self._complete)
 
     # -- handlers -------------------------------------------------------------------------
     async def _health(self, request: web.Request) -> web.Response:
