@@ -24,9 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
-from pytest_fmbench.testing.background import BackgroundServer
-
 from pytest_fmbench.clock import now_ns
+from pytest_fmbench.testing.background import BackgroundServer
 
 
 class SlotServer(BackgroundServer):
